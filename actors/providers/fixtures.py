@@ -1,0 +1,98 @@
+"""The library of recorded provider streams in ``fixtures/`` (format: fixtures/README.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FIXTURES_DIR = Path(__file__).resolve().parents[2] / "fixtures"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutput:
+    call_id: str
+    output: str
+    success: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One model request of a turn and the body the provider streamed back."""
+
+    request: dict[str, Any]
+    stream: bytes
+    tool_outputs: tuple[ToolOutput, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fixture:
+    name: str
+    path: Path
+    scenarios: tuple[str, ...]
+    provider: str
+    model: str
+    prompt: str
+    default: bool
+    wire_valid: bool
+    after: str | None
+    tools: tuple[str, ...]
+    tool_timeout_s: float | None
+    exchanges: tuple[Exchange, ...]
+    expected: dict[str, Any]
+
+
+def load_fixture(path: Path) -> Fixture:
+    manifest = json.loads((path / "fixture.json").read_text())
+    exchanges = tuple(
+        Exchange(
+            request=json.loads((path / ex["request"]).read_text()),
+            stream=(path / ex["stream"]).read_bytes(),
+            tool_outputs=tuple(ToolOutput(**t) for t in ex.get("tool_outputs", [])),
+        )
+        for ex in manifest["exchanges"]
+    )
+    return Fixture(
+        name=manifest["name"],
+        path=path,
+        scenarios=tuple(manifest.get("scenarios", [])),
+        provider=manifest["provider"],
+        model=manifest["model"],
+        prompt=manifest["prompt"],
+        default=bool(manifest.get("default", False)),
+        wire_valid=bool(manifest.get("wire_valid", True)),
+        after=manifest.get("after"),
+        tools=tuple(manifest.get("tools", [])),
+        tool_timeout_s=manifest.get("tool_timeout_s"),
+        exchanges=exchanges,
+        expected=json.loads((path / "expected.json").read_text()),
+    )
+
+
+class FixtureLibrary:
+    """All fixtures, indexed for the replay provider's choice by (provider, model, prompt)."""
+
+    def __init__(self, root: Path = DEFAULT_FIXTURES_DIR) -> None:
+        self.root = root
+        self.fixtures: dict[tuple[str, str], Fixture] = {}
+        self._by_prompt: dict[tuple[str, str, str], Fixture] = {}
+        self._defaults: dict[tuple[str, str], Fixture] = {}
+        for manifest in sorted(root.glob("*/*/fixture.json")):
+            fx = load_fixture(manifest.parent)
+            self.fixtures[(fx.provider, fx.name)] = fx
+            self._by_prompt.setdefault((fx.provider, fx.model, fx.prompt), fx)
+            if fx.default:
+                self._defaults[(fx.provider, fx.model)] = fx
+
+    def get(self, provider: str, name: str) -> Fixture:
+        return self.fixtures[(provider, name)]
+
+    def select(self, provider: str, model: str, prompt: str) -> Fixture | None:
+        """The fixture recorded for this prompt, else that provider and model's default."""
+        return self._by_prompt.get((provider, model, prompt)) or self._defaults.get(
+            (provider, model))
+
+    def __iter__(self) -> Iterator[Fixture]:
+        return iter(self.fixtures.values())

@@ -1,0 +1,120 @@
+"""Sans-io Server-Sent Events: an incremental decoder and a frame encoder.
+
+The decoder follows the WHATWG event-stream rules: lines end in CRLF, LF or CR (a CR at the
+end of one chunk may be the first half of a CRLF split across chunks, so it is carried over,
+as httpx's ``LineDecoder`` does); a blank line dispatches the event; ``data`` lines join with
+``\\n``; a line starting with ``:`` is a comment; one leading space after the colon is dropped.
+Feed it bytes in any chunking and it yields the same events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SSEMessage:
+    event: str
+    data: str
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Turns a byte stream into ``SSEMessage`` values, whatever the chunk boundaries."""
+
+    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "_retry")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._pending_cr = False
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEMessage]:
+        out: list[SSEMessage] = []
+        if not chunk:
+            return out
+        buf = self._buffer
+        if self._pending_cr:
+            self._pending_cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        buf += chunk
+        start = 0
+        n = len(buf)
+        while start < n:
+            cr = buf.find(b"\r", start)
+            lf = buf.find(b"\n", start)
+            if cr == -1 and lf == -1:
+                break
+            if cr == -1 or (lf != -1 and lf < cr):
+                end, nxt = lf, lf + 1
+            else:
+                end = cr
+                if cr + 1 < n:
+                    nxt = cr + 2 if buf[cr + 1] == 0x0A else cr + 1
+                else:
+                    nxt = cr + 1
+                    self._pending_cr = True
+            self._line(bytes(buf[start:end]), out)
+            start = nxt
+        del buf[:start]
+        return out
+
+    def close(self) -> list[SSEMessage]:
+        """End of stream: a final line without terminator is processed; an event that never
+        got its blank line is discarded, as the SSE rules say."""
+        out: list[SSEMessage] = []
+        if self._buffer:
+            self._line(bytes(self._buffer), out)
+            self._buffer.clear()
+        self._reset()
+        return out
+
+    def _reset(self) -> None:
+        self._event = ""
+        self._data = []
+        self._retry = None
+
+    def _line(self, raw: bytes, out: list[SSEMessage]) -> None:
+        if not raw:
+            if self._data:
+                out.append(SSEMessage(self._event or "message", "\n".join(self._data), self._id,
+                                      self._retry))
+            self._reset()
+            return
+        line = raw.decode("utf-8", errors="replace")
+        if line[0] == ":":
+            return
+        name, sep, value = line.partition(":")
+        if sep and value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._id = value
+        elif name == "retry" and value.isdigit():
+            self._retry = int(value)
+
+
+def encode_frame(data: str, *, event: str | None = None, id: str | None = None) -> bytes:
+    """One SSE frame. ``data`` is split on newlines so any text is carried intact."""
+    parts: list[str] = []
+    if id is not None:
+        parts.append(f"id: {id}\n")
+    if event is not None:
+        parts.append(f"event: {event}\n")
+    for line in data.split("\n"):
+        parts.append(f"data: {line}\n")
+    parts.append("\n")
+    return "".join(parts).encode("utf-8")
+
+
+def encode_comment(text: str = "") -> bytes:
+    return f": {text}\n\n".encode()
