@@ -1,0 +1,130 @@
+"""The persistence projector (SPEC §5): Redis checkpoints in, store rows out.
+
+The run actors append ``{run_id, seq}`` checkpoints to the ``persist`` stream. The projector
+reads them through the ``cody-projector`` consumer group, rebuilds each run's Response by
+replaying the run's own stream (the stream is the truth; the checkpoint only says how far to
+go), upserts it (the store keeps the highest seq, so a replay or a second projector changes
+nothing), and only then XACKs. Entries a dead projector left pending are taken over with
+XAUTOCLAIM once idle long enough, so a crash loses nothing. Terminal runs get the retention TTL.
+
+A small cache keeps each live run's reducer and cursor, so a long run is read once, not once
+per checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from runtime.envelope import decode_event
+from runtime.errors import CodyError
+from runtime.reducer import ResponseReducer
+from runtime.schema import Response
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    entry_id: str
+    run_id: str
+    seq: int
+
+
+class ProjectorLog(Protocol):
+    async def ensure_group(self) -> None: ...
+
+    async def read_checkpoints(self, consumer: str, count: int,
+                               block_ms: int) -> list[Checkpoint]: ...
+
+    async def claim_checkpoints(self, consumer: str, min_idle_ms: int,
+                                count: int) -> list[Checkpoint]: ...
+
+    async def ack(self, entry_ids: Sequence[str]) -> None: ...
+
+    async def read_after(self, run_id: str, cursor: str,
+                         count: int) -> list[tuple[str, bytes]]: ...
+
+    async def set_retention(self, run_id: str, ttl_s: int) -> None: ...
+
+
+class ProjectorStore(Protocol):
+    async def upsert_response(self, response: Response, seq: int) -> bool: ...
+
+
+@dataclass(slots=True)
+class _RunCursor:
+    reducer: ResponseReducer = field(default_factory=ResponseReducer)
+    last_id: str = "0-0"
+
+
+class Projector:
+    def __init__(self, log_: ProjectorLog, store: ProjectorStore, *, consumer: str,
+                 claim_idle_ms: int, block_ms: int, retention_s: int,
+                 batch: int = 256, cache_size: int = 4096) -> None:
+        self._log = log_
+        self._store = store
+        self.consumer = consumer
+        self._claim_idle_ms = claim_idle_ms
+        self._block_ms = block_ms
+        self._retention_s = retention_s
+        self._batch = batch
+        self._cache: OrderedDict[str, _RunCursor] = OrderedDict()
+        self._cache_size = cache_size
+        self.persisted = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        await self._log.ensure_group()
+        task_status.started()
+        next_claim = 0.0
+        while True:
+            checkpoints: list[Checkpoint] = []
+            if trio.current_time() >= next_claim:
+                checkpoints += await self._log.claim_checkpoints(
+                    self.consumer, self._claim_idle_ms, self._batch)
+                next_claim = trio.current_time() + max(self._claim_idle_ms / 2000, 0.05)
+            checkpoints += await self._log.read_checkpoints(
+                self.consumer, self._batch, 10 if checkpoints else self._block_ms)
+            if checkpoints:
+                await self.project(checkpoints)
+
+    async def project(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Persist every run named, up to at least its checkpoint, then ack them all."""
+        wanted: dict[str, int] = {}
+        for c in checkpoints:
+            wanted[c.run_id] = max(wanted.get(c.run_id, 0), c.seq)
+        for run_id, seq in wanted.items():
+            try:
+                await self._project_run(run_id, seq)
+            except CodyError:
+                raise
+            except Exception:  # a poisoned run must not stop persistence of the others
+                log.exception("projector: cannot rebuild run %s; skipping it", run_id)
+                self._cache.pop(run_id, None)
+        await self._log.ack([c.entry_id for c in checkpoints])
+
+    async def _project_run(self, run_id: str, seq: int) -> None:
+        cursor = self._cache.pop(run_id, None) or _RunCursor()
+        while cursor.reducer.last_seq < seq:
+            page = await self._log.read_after(run_id, cursor.last_id, 1000)
+            if not page:
+                break
+            for entry_id, raw in page:
+                cursor.reducer.apply(decode_event(raw))
+                cursor.last_id = entry_id
+        if not cursor.reducer.started:
+            return  # the stream has expired: an earlier projector persisted it
+        if await self._store.upsert_response(cursor.reducer.snapshot(), cursor.reducer.last_seq):
+            self.persisted += 1
+        if cursor.reducer.is_terminal:
+            await self._log.set_retention(run_id, self._retention_s)
+            return
+        self._cache[run_id] = cursor
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

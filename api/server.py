@@ -1,0 +1,67 @@
+"""``cody serve``: the runtime and the HTTP server in one process, under one supervisor.
+
+Hypercorn's trio worker serves the app as a supervised TRANSIENT worker (restarted if it
+crashes, not when it was asked to stop). SIGINT/SIGTERM drain: every open run is ended
+``aborted`` (its SSE clients get the terminal event and the stream closes), then the HTTP
+server stops, then the runtime closes and the embedded redis-server is shut down.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from actors.system import CodyRuntime, open_runtime
+from api.app import create_app
+from runtime.config import RuntimeConfig
+from runtime.supervisor import ChildSpec, RestartPolicy
+
+log = logging.getLogger(__name__)
+
+
+def hypercorn_config(config: RuntimeConfig) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"{config.host}:{config.port}"]
+    hc.accesslog = None
+    hc.graceful_timeout = 5.0
+    hc.keep_alive_timeout = 75.0
+    hc.backlog = 1024
+    return hc
+
+
+def http_worker(runtime: CodyRuntime, stop: trio.Event) -> ChildSpec:
+    app = create_app(runtime)
+    hc = hypercorn_config(runtime.config)
+
+    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await hypercorn_serve(app, hc, shutdown_trigger=stop.wait,
+                              task_status=task_status)  # type: ignore[arg-type]
+
+    return ChildSpec("http", run, RestartPolicy.TRANSIENT)
+
+
+async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = None) -> None:
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_runtime(config, workers=lambda rt: [http_worker(rt, stop)]) as runtime:
+            log.info("cody serving on http://%s:%d (%s mode, redis %s)", config.host,
+                     config.port, "replay" if config.replay else "live",
+                     config.redis_url or "embedded")
+            print(f"cody: serving on http://{config.host}:{config.port} "
+                  f"({'replay' if config.replay else 'live'} mode)", flush=True)
+            if ready is not None:
+                ready()
+            async for signum in signals:
+                log.info("signal %s: draining", signum)
+                break
+            await runtime.drain("server shutting down")
+            # give SSE generators a moment to flush their terminal frames
+            await trio.sleep(0.2)
+            stop.set()
+            await trio.sleep(0.1)
+    print("cody: stopped", flush=True)

@@ -1,0 +1,156 @@
+"""One config object builds one runtime; nothing is read from globals after that.
+
+``RuntimeConfig.from_env()`` reads the environment (and is the only place that does);
+tests build configs directly, each with its own key prefix and data dir.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.errors import ValidationFailed
+
+ProviderId = Literal["openai", "anthropic"]
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: ProviderId
+    provider_model: str
+    """The provider's own model name, sent on the wire."""
+    reasoning: bool = False
+    """Whether reasoning/thinking is requested by default for this model."""
+
+
+DEFAULT_MODELS: dict[str, ModelEntry] = {
+    "gpt-5-mini": ModelEntry(provider="openai", provider_model="gpt-5-mini"),
+    "gpt-5-codex": ModelEntry(provider="openai", provider_model="gpt-5-codex", reasoning=True),
+    "claude-haiku-4.5": ModelEntry(provider="anthropic", provider_model="claude-haiku-4-5"),
+    "claude-sonnet-4.5": ModelEntry(provider="anthropic", provider_model="claude-sonnet-4-5",
+                                    reasoning=True),
+}
+
+DEFAULT_PROVIDER_MODEL: dict[str, str] = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4.5"}
+
+
+class RuntimeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # where things live
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".cody")
+    redis_url: str | None = None
+    """None: start the embedded redis-server on a unix socket in ``data_dir``."""
+    key_prefix: str = "cody"
+    store_path: Path | None = None
+    """None: ``data_dir / "cody.db"``."""
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+    keepalive_s: float = 15.0
+
+    # providers
+    replay: bool = True
+    fixtures_dir: Path | None = None
+    replay_delay_s: float = 0.0
+    """Pause between SSE blocks of a replayed stream (0: as fast as possible)."""
+    replay_record_requests: bool = True
+    openai_api_key: str | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str = "https://api.anthropic.com"
+    models: dict[str, ModelEntry] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
+    default_provider: ProviderId = "openai"
+    default_model: str = "gpt-5-mini"
+    provider_connect_timeout_s: float = 10.0
+    provider_idle_timeout_s: float = 60.0
+    provider_max_retries: int = 3
+    provider_backoff_base_s: float = 0.5
+    provider_backoff_max_s: float = 8.0
+
+    # tools and turns
+    workspace_root: Path = Field(default_factory=Path.cwd)
+    enabled_tools: tuple[str, ...] = ("read_file", "list_dir")
+    exec_enabled: bool = False
+    tool_timeout_s: float = 30.0
+    tool_output_cap: int = 65_536
+    max_iterations: int = 50
+    default_reasoning_effort: Literal["low", "medium", "high"] = "medium"
+    default_thinking_budget: int = 2048
+
+    # streams, fan-out, persistence
+    subscriber_buffer: int = 1024
+    retention_s: int = 86_400
+    projector_claim_idle_s: float = 30.0
+    projector_block_ms: int = 1000
+    reader_pool_size: int = 64
+    writer_pool_size: int = 32
+
+    @property
+    def effective_store_path(self) -> Path:
+        return self.store_path or self.data_dir / "cody.db"
+
+    @property
+    def effective_tools(self) -> tuple[str, ...]:
+        tools = [t for t in self.enabled_tools if t != "exec"]
+        if self.exec_enabled:
+            tools.append("exec")
+        return tuple(tools)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> RuntimeConfig:
+        """Settings from ``CODY_*`` and the SDKs' ``OPENAI_*`` / ``ANTHROPIC_*`` variables.
+
+        Backend mode: ``CODY_REPLAY=1`` forces replay, ``CODY_REPLAY=0`` forces live; unset,
+        replay is chosen when neither API key is set, so a fresh server streams out of the box.
+        """
+        e = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+
+        def put(name: str, var: str, conv: type = str) -> None:
+            raw = e.get(var)
+            if raw is None or raw == "":
+                return
+            try:
+                values[name] = conv(raw)
+            except ValueError as exc:
+                raise ValidationFailed(f"{var}: cannot parse {raw!r}",
+                                       details={"field": var}) from exc
+
+        put("data_dir", "CODY_DATA_DIR", Path)
+        put("redis_url", "CODY_REDIS_URL")
+        put("key_prefix", "CODY_KEY_PREFIX")
+        put("store_path", "CODY_STORE_PATH", Path)
+        put("host", "CODY_HOST")
+        put("port", "CODY_PORT", int)
+        put("keepalive_s", "CODY_KEEPALIVE_S", float)
+        put("max_body_bytes", "CODY_MAX_BODY_BYTES", int)
+        put("fixtures_dir", "CODY_FIXTURES_DIR", Path)
+        put("replay_delay_s", "CODY_REPLAY_DELAY_S", float)
+        put("openai_api_key", "OPENAI_API_KEY")
+        put("openai_base_url", "OPENAI_BASE_URL")
+        put("anthropic_api_key", "ANTHROPIC_API_KEY")
+        put("anthropic_base_url", "ANTHROPIC_BASE_URL")
+        put("workspace_root", "CODY_WORKSPACE", Path)
+        put("tool_timeout_s", "CODY_TOOL_TIMEOUT_S", float)
+        put("max_iterations", "CODY_MAX_ITERATIONS", int)
+        put("retention_s", "CODY_RETENTION_S", int)
+        put("provider_idle_timeout_s", "CODY_PROVIDER_IDLE_TIMEOUT_S", float)
+        put("default_provider", "CODY_DEFAULT_PROVIDER")
+        put("default_model", "CODY_DEFAULT_MODEL")
+        if e.get("CODY_EXEC"):
+            values["exec_enabled"] = e["CODY_EXEC"].lower() in ("1", "true", "yes", "on")
+        replay_env = e.get("CODY_REPLAY")
+        if replay_env:
+            values["replay"] = replay_env.lower() in ("1", "true", "yes", "on")
+        else:
+            values["replay"] = not (e.get("OPENAI_API_KEY") or e.get("ANTHROPIC_API_KEY"))
+        values.update(overrides)
+        return cls.model_validate(values)
