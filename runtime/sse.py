@@ -43,6 +43,15 @@ class SSEDecoder:
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
         buf += chunk
+        if b"\r" not in buf:
+            # fast path (what providers send): LF-only lines, split in one call
+            lines = bytes(buf).split(b"\n")
+            rest = lines.pop()
+            line = self._line
+            for raw in lines:
+                line(raw, out)
+            buf[:] = rest
+            return out
         start = 0
         n = len(buf)
         while start < n:
@@ -86,21 +95,25 @@ class SSEDecoder:
                                       self._retry))
             self._reset()
             return
-        line = raw.decode("utf-8", errors="replace")
-        if line[0] == ":":
+        if raw[:5] == b"data:":  # the common case first
+            value = raw[6:] if raw[5:6] == b" " else raw[5:]
+            self._data.append(value.decode("utf-8", errors="replace"))
             return
-        name, sep, value = line.partition(":")
-        if sep and value[:1] == " ":
-            value = value[1:]
+        if raw[:1] == b":":
+            return
+        line = raw.decode("utf-8", errors="replace")
+        name, sep, value_s = line.partition(":")
+        if sep and value_s[:1] == " ":
+            value_s = value_s[1:]
         if name == "data":
-            self._data.append(value)
+            self._data.append(value_s)
         elif name == "event":
-            self._event = value
+            self._event = value_s
         elif name == "id":
-            if "\0" not in value:
-                self._id = value
-        elif name == "retry" and value.isdigit():
-            self._retry = int(value)
+            if "\0" not in value_s:
+                self._id = value_s
+        elif name == "retry" and value_s.isdigit():
+            self._retry = int(value_s)
 
 
 def encode_frame(data: str, *, event: str | None = None, id: str | None = None) -> bytes:
