@@ -43,7 +43,10 @@ class SSEDecoder:
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
         buf += chunk
-        if b"\r" not in buf:
+        # what is buffered from before holds no line end: only the new chunk can add one
+        if b"\r" not in chunk:
+            if b"\n" not in chunk:
+                return out
             # fast path (what providers send): LF-only lines, split in one call
             lines = bytes(buf).split(b"\n")
             rest = lines.pop()
