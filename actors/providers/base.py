@@ -8,7 +8,8 @@ payloads for that one model request:
   function_call), with the provider's ids passed through;
 - ``UsageUpdate`` with this request's usage (the actor sums requests of a tool loop);
 - exactly one terminal payload: ``ResponseDone`` (status ``complete`` and a canonical
-  finish_reason: ``stop``, ``tool_calls``, ``length``, ``content_filter``, ``refusal``) or
+  finish_reason: ``stop``, ``tool_calls``, ``length``, ``content_filter``, ``refusal``,
+  ``pause_turn``) or
   ``ResponseErrorPayload`` (the provider's error code, or MALFORMED_CHUNK, SCHEMA_VIOLATION,
   STREAM_TRUNCATED). After it, ``finished`` is true and further bytes are ignored.
 
