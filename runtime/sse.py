@@ -9,11 +9,10 @@ Feed it bytes in any chunking and it yields the same events.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class SSEMessage:
+class SSEMessage(NamedTuple):
     event: str
     data: str
     id: str | None = None

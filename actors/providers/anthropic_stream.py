@@ -250,7 +250,7 @@ class AnthropicMessagesNormaliser:
         event = message.event
         try:
             obj = _loads(message.data)
-        except ValueError:
+        except (ValueError, RecursionError):
             self._fail(out, MALFORMED_CHUNK,
                        f"anthropic stream: malformed JSON in a {event!r} event", {"event": event})
             return

@@ -45,7 +45,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
 from runtime.schema import (
@@ -76,6 +76,45 @@ _DELTA_EVENTS = frozenset({
     "response.reasoning_text.delta",
     "response.function_call_arguments.delta",
 })
+# The slots ``BaseModel.model_construct`` fills, set through their descriptors (as
+# runtime/envelope.py does).
+_new = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+_scan: Callable[[str, int], tuple[Any, int]]
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(data: str) -> Any:
+    """``json.loads`` without its two Python layers (a third of a small event's cost): the
+    C scanner parses the usual compact value; anything unusual (surrounding whitespace,
+    trailing data, bad JSON) goes to ``json.loads`` for its verdict."""
+    try:
+        obj, end = _scan(data, 0)
+    except StopIteration:
+        return json.loads(data)
+    if end != len(data):
+        return json.loads(data)
+    return obj
+
+
+def _new_delta(item_id: str, text: str) -> ItemDelta:
+    """``ItemDelta(item_id=item_id, delta_content=text)`` for values already checked.
+
+    One of these is made per token, so it skips validation, and even ``model_construct``
+    (a loop over the fields that costs three times as much): it sets what
+    ``model_construct`` sets. tests/unit/test_openai_stream.py checks that the result
+    equals, dumps and hashes like a validated ``ItemDelta``, so a pydantic upgrade that
+    changes these internals fails loudly.
+    """
+    delta: ItemDelta = _new(ItemDelta)
+    _set_dict(delta, {"type": "item_delta", "item_id": item_id, "delta_content": text})
+    _set_fields_set(delta, {"type", "item_id", "delta_content"})
+    _set_extra(delta, None)
+    _set_private(delta, None)
+    return delta
 
 
 class _Violation(Exception):
@@ -169,8 +208,27 @@ class OpenAIResponsesNormaliser:
         out: list[Payload] = []
         if self._finished:
             return out
+        known = self._known
         for message in self._decoder.feed(data):
-            self._message(message, out)
+            # The hot path, one per token, inlined: compact JSON (the C scanner read it all)
+            # of a well-formed text delta. Anything else takes the full path in _message.
+            text = message.data
+            try:
+                obj, end = _scan(text, 0)
+            except (StopIteration, ValueError, RecursionError):
+                end = -1
+            if end == len(text) and type(obj) is dict:
+                kind = obj.get("type")
+                if type(kind) is str and kind in _DELTA_EVENTS:
+                    item_id = obj.get("item_id")
+                    delta = obj.get("delta")
+                    if type(item_id) is str and item_id and type(delta) is str:
+                        if delta or item_id not in known:
+                            out.append(_new_delta(item_id, delta))
+                        continue
+                self._event(message.event, obj, out)
+            else:
+                self._message(message, out)
             if self._finished:
                 break
         return out
@@ -191,44 +249,52 @@ class OpenAIResponsesNormaliser:
 
     def _message(self, message: SSEMessage, out: list[Payload]) -> None:
         data = message.data
-        if data == "[DONE]":  # Chat Completions' end marker; harmless here
-            return
         try:
-            obj = json.loads(data)
-        except ValueError:
+            obj = _loads(data)
+        except (ValueError, RecursionError):
+            if data == "[DONE]":  # Chat Completions' end marker; harmless here
+                return
             self._fail(out, MALFORMED_CHUNK,
                        f"openai stream: malformed JSON in a {message.event!r} event",
                        {"event": message.event})
             return
-        if type(obj) is not dict or type(obj.get("type")) is not str:
+        self._event(message.event, obj, out)
+
+    def _event(self, event: str, obj: Any, out: list[Payload]) -> None:
+        """One parsed event (``event`` is its SSE name, for errors before its type is known)."""
+        kind = obj.get("type") if type(obj) is dict else None
+        if type(kind) is not str:
             self._fail(out, SCHEMA_VIOLATION,
-                       f"openai stream: {message.event}: 'type' missing or of the wrong type",
-                       {"event": message.event, "field": "type"})
+                       f"openai stream: {event}: 'type' missing or of the wrong type",
+                       {"event": event, "field": "type"})
             return
-        kind: str = obj["type"]
+        if kind in _DELTA_EVENTS:
+            item_id = obj.get("item_id")
+            delta = obj.get("delta")
+            if type(item_id) is not str or not item_id:
+                self._violation(out, kind, "item_id")
+            elif type(delta) is not str:
+                self._violation(out, kind, "delta")
+            elif delta or item_id not in self._known:
+                out.append(_new_delta(item_id, delta))
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:
+            return
         try:
-            if kind in _DELTA_EVENTS:
-                item_id = obj.get("item_id")
-                delta = obj.get("delta")
-                if type(item_id) is not str or not item_id:
-                    raise _Violation("item_id")
-                if type(delta) is not str:
-                    raise _Violation("delta")
-                if delta or item_id not in self._known:
-                    out.append(ItemDelta(item_id=item_id, delta_content=delta))
-                return
-            handler = self._handlers.get(kind)
-            if handler is not None:
-                handler(obj, out)
+            handler(obj, out)
         except _Violation as exc:
-            self._fail(out, SCHEMA_VIOLATION,
-                       f"openai stream: {kind}: {exc.field!r} missing or of the wrong type",
-                       {"event": kind, "field": exc.field})
+            self._violation(out, kind, exc.field)
         except ValidationError as exc:  # a final item our schema refuses (e.g. empty name)
             self._fail(out, SCHEMA_VIOLATION, f"openai stream: {kind}: {exc.errors()[0]['msg']}",
                        {"event": kind})
         except Exception as exc:  # never raise on provider input
             self._fail(out, SCHEMA_VIOLATION, f"openai stream: {kind}: {exc!r}", {"event": kind})
+
+    def _violation(self, out: list[Payload], kind: str, field: str) -> None:
+        self._fail(out, SCHEMA_VIOLATION,
+                   f"openai stream: {kind}: {field!r} missing or of the wrong type",
+                   {"event": kind, "field": field})
 
     def _fail(self, out: list[Payload], code: str, message: str,
               details: dict[str, Any]) -> None:
@@ -260,7 +326,7 @@ class OpenAIResponsesNormaliser:
         seen = self._summary_parts.get(item_id, 0)
         self._summary_parts[item_id] = seen + 1
         if seen:
-            out.append(ItemDelta(item_id=item_id, delta_content=_SUMMARY_SEPARATOR))
+            out.append(_new_delta(item_id, _SUMMARY_SEPARATOR))
 
     def _text_done(self, obj: dict[str, Any], out: list[Payload]) -> None:
         _str(obj, "item_id", empty=False)

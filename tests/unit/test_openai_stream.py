@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from actors.providers.fixtures import Fixture, FixtureLibrary
-from actors.providers.openai_stream import OpenAIResponsesNormaliser
+from actors.providers.openai_stream import OpenAIResponsesNormaliser, _loads, _new_delta
 from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
 from runtime.schema import (
     PAYLOAD_ADAPTER,
@@ -218,6 +219,38 @@ def test_empty_deltas_of_known_items_are_dropped() -> None:
         ItemStart(item_id="msg_1", item_type="message")]
 
 
+def test_padded_delta_takes_the_full_path_to_the_same_payload() -> None:
+    body = (b'event: response.output_text.delta\ndata:  {"type": "response.output_text.delta",'
+            b' "item_id": "msg_9", "delta": "x"}\t\n\n')
+    assert run(body, end=False) == [ItemDelta(item_id="msg_9", delta_content="x")]
+
+
+def test_fast_delta_is_a_real_item_delta() -> None:
+    """Guards ``_new_delta``'s use of pydantic internals across pydantic upgrades."""
+    fast, real = _new_delta("msg_1", "tok"), ItemDelta(item_id="msg_1", delta_content="tok")
+    assert type(fast) is ItemDelta
+    assert fast == real and hash(fast) == hash(real)
+    assert fast.model_dump() == real.model_dump()
+    assert fast.model_dump_json() == real.model_dump_json()
+    assert PAYLOAD_ADAPTER.dump_json(fast) == PAYLOAD_ADAPTER.dump_json(real)
+    assert fast.model_fields_set == real.model_fields_set | {"type"}
+    assert fast.model_copy(update={"delta_content": "x"}).delta_content == "x"
+    with pytest.raises(ValidationError):
+        fast.delta_content = "changed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("data", ['{"a": [1, "x"]}', ' {"a":1} ', '{"a":1}\t', "[]", '"s"',
+                                  "NaN", "1e3"])
+def test_fast_json_agrees_with_json_loads(data: str) -> None:
+    assert json.dumps(_loads(data)) == json.dumps(json.loads(data))
+
+
+@pytest.mark.parametrize("data", ['{"a":1}x', '{"a"', "", " ", "{'a': 1}", '{"a":1}{}'])
+def test_fast_json_rejects_what_json_loads_rejects(data: str) -> None:
+    with pytest.raises(ValueError):
+        _loads(data)
+
+
 def test_summary_parts_after_the_first_are_separated_by_a_blank_line() -> None:
     def part(i: int) -> bytes:
         return ev("response.reasoning_summary_part.added", item_id="rs_1", output_index=0,
@@ -385,7 +418,9 @@ def test_known_events_with_bad_fields_are_schema_violations(body: bytes, field: 
     assert error.details["provider"] == "openai"
 
 
-@pytest.mark.parametrize("data", [b"[1,2]", b'"text"', b"{}", b'{"type":3}'])
+@pytest.mark.parametrize("data", [b"[1,2]", b'"text"', b"{}", b'{"type":3}',
+                                  b'{"type":["response.output_text.delta"]}',
+                                  b'{"type":{"a":1},"item_id":"m","delta":"x"}'])
 def test_data_that_is_not_a_typed_object_is_a_schema_violation(data: bytes) -> None:
     error = error_of(run(b"event: x\ndata: " + data + b"\n\n"))
     assert error.code == SCHEMA_VIOLATION
