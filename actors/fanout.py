@@ -7,6 +7,7 @@ resumes from Redis, so a slow client costs the actor and the other clients nothi
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import trio
@@ -95,10 +96,8 @@ class Fanout:
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._subs.remove(sub)
-        except ValueError:
-            pass
         sub.send.close()
 
     def publish(self, batch: Batch) -> None:

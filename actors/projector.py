@@ -23,17 +23,11 @@ import trio
 
 from runtime.envelope import decode_event
 from runtime.errors import CodyError
+from runtime.eventlog import Checkpoint
 from runtime.reducer import ResponseReducer
 from runtime.schema import Response
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    entry_id: str
-    run_id: str
-    seq: int
 
 
 class ProjectorLog(Protocol):

@@ -50,8 +50,8 @@ from runtime.errors import (
 from runtime.eventlog import EventLog, open_redis
 from runtime.ids import new_uuid
 from runtime.keys import Keys
-from runtime.reducer import ResponseReducer
 from runtime.redis_server import embedded_redis
+from runtime.reducer import ResponseReducer
 from runtime.schema import TERMINAL_STATUSES, OutputItem, Response
 from runtime.store import SQLiteStore, Thread
 from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise

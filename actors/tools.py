@@ -7,6 +7,7 @@ so the model can read what went wrong. Output formats are the contract of fixtur
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,10 +97,8 @@ async def _list_dir(ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
 
 async def _kill_group(process: trio.Process) -> None:
     """Cancel delivery for ``exec``: kill the whole process group the shell started."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 async def _exec(ctx: ToolContext, args: dict[str, Any]) -> ToolResult:

@@ -13,7 +13,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-import trio
 from pydantic import BaseModel, ValidationError
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -121,8 +120,7 @@ def create_app(runtime: CodyRuntime) -> QuartTrio:
                     if reader.done:
                         return
             finally:
-                with trio.CancelScope(shield=True):
-                    reader.close()
+                reader.close()  # unsubscribes at once, cancelled or not: no await needed
 
         response = Response(frames(), mimetype="text/event-stream", headers=SSE_HEADERS)
         response.timeout = None

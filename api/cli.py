@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["workspace_root"] = Path(args.workspace)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = RuntimeConfig.from_env(**overrides)
+    config = RuntimeConfig.from_env(None, **overrides)
     trio.run(serve, config)
     return 0
 

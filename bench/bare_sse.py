@@ -20,10 +20,10 @@ from hypercorn.trio import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.providers.fixtures import FixtureLibrary  # noqa: E402
-from actors.providers.replay import split_blocks  # noqa: E402
-from runtime.envelope import encode_event  # noqa: E402
-from tests.harness import run_fixture_offline  # noqa: E402
+from actors.providers.fixtures import FixtureLibrary
+from actors.providers.replay import split_blocks
+from runtime.envelope import encode_event
+from tests.harness import run_fixture_offline
 
 LIB = FixtureLibrary()
 _CACHE: dict[str, list[list[bytes]]] = {}

@@ -22,10 +22,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.providers.fixtures import FixtureLibrary  # noqa: E402
-from actors.system import CodyRuntime, open_runtime  # noqa: E402
-from runtime.config import RuntimeConfig  # noqa: E402
-from runtime.turns import TurnRequest  # noqa: E402
+from actors.providers.fixtures import FixtureLibrary
+from actors.system import CodyRuntime, open_runtime
+from runtime.config import RuntimeConfig
+from runtime.turns import TurnRequest
 
 FX = FixtureLibrary().get("openai", "rapid_deltas")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,7 +109,7 @@ def row(label: str, stats: Stats, secs: float) -> str:
             f" {stats.errors:>6}")
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", default="100,1000")
     parser.add_argument("--fixture", default="openai/simple_message")
@@ -137,6 +136,15 @@ async def main() -> None:
               f"latency resolution 1 ms")
         print(f"{'':<14} {'events/s':>10} {'ttfe p50':>9} {'ttfe p99':>9} {'lat p50':>8} "
               f"{'lat p99':>8} {'errors':>6}   (ms)")
+        trio.run(measure, args, server, bare_port)
+    finally:
+        bare.terminate()
+        bare.wait()
+        server.stop()
+
+
+async def measure(args: argparse.Namespace, server: ServerProcess, bare_port: int) -> None:
+    if True:
         for n in [int(x) for x in args.clients.split(",")]:
             c_stats, c_secs = await load(
                 server.base_url, n, lambda cl, st: cody_client(cl, args.fixture, st))
@@ -149,11 +157,7 @@ async def main() -> None:
             print(f"{'ratio':<14} {ratio:>10.2f}   added latency p50 "
                   f"{pct(c_stats.lat, 50) - pct(b_stats.lat, 50):+.1f} ms, p99 "
                   f"{pct(c_stats.lat, 99) - pct(b_stats.lat, 99):+.1f} ms", flush=True)
-    finally:
-        bare.terminate()
-        bare.wait()
-        server.stop()
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    main()

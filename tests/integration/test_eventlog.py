@@ -1,0 +1,316 @@
+"""The Redis event log against real Redis: TCP on 127.0.0.1:6379 and the embedded server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from runtime.errors import RedisUnavailable
+from runtime.eventlog import Checkpoint, EventLog, open_redis
+from runtime.keys import Keys
+
+
+@asynccontextmanager
+async def open_log(redis_url: str, key_prefix: str, *, reader_pool: int = 8,
+                   max_block_ms: int = 5000) -> AsyncIterator[EventLog]:
+    async with open_redis(redis_url, 8) as writer, open_redis(redis_url, reader_pool) as reader:
+        yield EventLog(writer, reader, Keys(key_prefix), max_block_ms=max_block_ms)
+
+
+def events(n: int, start: int = 1) -> list[bytes]:
+    return [b'{"seq":%d,"type":"item_delta"}' % i for i in range(start, start + n)]
+
+
+def run_id() -> str:
+    return str(uuid.uuid4())
+
+
+def test_keys_layout() -> None:
+    keys = Keys("cody")
+    assert keys.run_events("r1") == "cody:run:{r1}:events"
+    assert keys.run_meta("r1") == "cody:run:{r1}:meta"
+    assert keys.persist_stream == "cody:persist"
+    assert keys.projector_group == "cody-projector"
+    assert Keys("x").run_keys("r") == ("x:run:{r}:events", "x:run:{r}:meta")
+
+
+async def test_append_then_read_after(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            run = run_id()
+            assert not await log.run_exists(run)
+            ids = await log.append(run, events(5))
+            ids += await log.append(run, events(3, start=6))
+            assert len(ids) == len(set(ids)) == 8
+            assert await log.run_exists(run)
+            got = await log.read_after(run, "0-0", 100)
+            assert [i for i, _ in got] == ids
+            assert [d for _, d in got] == events(8)
+            assert await log.read_all(run, page=3) == got
+
+
+async def test_cursor_is_exclusive_and_count_bounds(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            run = run_id()
+            ids = await log.append(run, events(10))
+            assert [i for i, _ in await log.read_after(run, ids[3], 100)] == ids[4:]
+            assert [i for i, _ in await log.read_after(run, ids[3], 2)] == ids[4:6]
+            assert await log.read_after(run, ids[-1], 100) == []
+            assert [i for i, _ in await log.read_after(run, "", 3)] == ids[:3]
+            assert await log.read_after(run_id(), "0-0", 10) == []  # no such stream
+            assert await log.last_raw(run) == (ids[-1], events(10)[-1])
+            assert await log.last_entry(run) == (ids[-1], "item_delta")
+            assert await log.last_entry(run_id()) is None
+
+
+async def test_tail_blocks_until_new_entries(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            run = run_id()
+            first = await log.append(run, events(2))
+            got: list[tuple[str, bytes]] = []
+
+            async def tail() -> None:
+                got.extend(await log.tail(run, first[-1], 3000, 100))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tail)
+                await trio.sleep(0.2)
+                assert got == []  # still blocked
+                later = await log.append(run, events(2, start=3))
+            # a blocked XREAD wakes at the first new entry: the rest come with the next call
+            assert [i for i, _ in got] == later[:len(got)] and got
+            got += await log.tail(run, got[-1][0], 1000, 100)
+            assert [i for i, _ in got] == later
+            # nothing new: returns empty after the block time, not before
+            t0 = trio.current_time()
+            assert await log.tail(run, later[-1], 150, 10) == []
+            assert trio.current_time() - t0 >= 0.1
+            # block_ms=0 never blocks (Redis's BLOCK 0 would block forever)
+            assert [i for i, _ in await log.tail(run, first[0], 0, 10)] == first[1:] + later
+
+
+async def test_tail_block_is_clamped(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix, max_block_ms=200) as log:
+            t0 = trio.current_time()
+            assert await log.tail(run_id(), "0-0", 60_000, 10) == []
+            assert trio.current_time() - t0 < 2
+
+
+async def test_more_blocking_readers_than_pool_connections(redis_url: str,
+                                                           key_prefix: str) -> None:
+    """Blocking reads hold a connection each: extra readers queue for the pool, none fail."""
+    with trio.fail_after(15):
+        async with open_log(redis_url, key_prefix, reader_pool=2) as log:
+            results: list[list[tuple[str, bytes]]] = []
+
+            async def tail() -> None:
+                results.append(await log.tail(run_id(), "0-0", 200, 10))
+
+            t0 = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for _ in range(6):
+                    nursery.start_soon(tail)
+            assert results == [[]] * 6
+            assert trio.current_time() - t0 >= 0.35  # three rounds of two
+
+
+async def test_group_create_twice_read_ack(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            await log.ensure_group()
+            await log.ensure_group()  # BUSYGROUP ignored
+            run = run_id()
+            await log.append(run, events(3), checkpoint_seq=3)
+            await log.append(run, [], checkpoint_seq=4)  # a checkpoint alone is fine too
+            taken = await log.read_checkpoints("c1", 10, 0)
+            assert [(c.run_id, c.seq) for c in taken] == [(run, 3), (run, 4)]
+            assert await log.pending_count() == 2
+            # nothing new for another consumer: the group hands each entry out once
+            assert await log.read_checkpoints("c2", 10, 50) == []
+
+
+async def test_checkpoints_follow_their_events(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            await log.ensure_group()
+            run = run_id()
+            ids = await log.append(run, events(3), checkpoint_seq=3)
+            more = await log.append(run, events(1, start=4), checkpoint_seq=4)
+            taken = await log.read_checkpoints("c1", 10, 100)
+            assert [(c.run_id, c.seq) for c in taken] == [(run, 3), (run, 4)]
+            assert len(ids) == 3 and len(more) == 1
+            assert await log.pending_count() == 2
+            await log.ack([taken[0].entry_id])
+            assert await log.pending_count() == 1
+            await log.ack([c.entry_id for c in taken])
+            await log.ack([])
+            assert await log.pending_count() == 0
+
+
+async def test_read_group_blocks_for_new_checkpoints(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            await log.ensure_group()
+            got: list[Checkpoint] = []
+
+            async def read() -> None:
+                got.extend(await log.read_checkpoints("c1", 10, 3000))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await trio.sleep(0.2)
+                assert got == []
+                run = run_id()
+                await log.append(run, events(1), checkpoint_seq=1)
+            assert [(c.run_id, c.seq) for c in got] == [(run, 1)]
+
+
+async def test_autoclaim_takes_over_from_a_dead_consumer(redis_url: str,
+                                                         key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            await log.ensure_group()
+            runs = [run_id() for _ in range(5)]
+            for i, run in enumerate(runs, start=1):
+                await log.append(run, events(i), checkpoint_seq=i)
+            taken = await log.read_checkpoints("dead", 100, 0)  # ... and it never acks
+            assert len(taken) == 5
+            assert await log.claim_checkpoints("rescuer", 300, 100) == []  # not idle yet
+            await trio.sleep(0.4)
+            claimed = await log.claim_checkpoints("rescuer", 300, 3)
+            assert [c.entry_id for c in claimed] == [c.entry_id for c in taken[:3]]
+            rest = await log.claim_checkpoints("rescuer", 300, 100)
+            assert [(c.run_id, c.seq) for c in rest] == [(r, i) for i, r in
+                                                         enumerate(runs, start=1)][3:]
+            await log.ack([c.entry_id for c in claimed + rest])
+            assert await log.pending_count() == 0
+            assert await log.claim_checkpoints("rescuer", 0, 100) == []
+
+
+async def test_malformed_checkpoints_are_dropped_and_acked(redis_url: str,
+                                                           key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log, \
+                open_redis(redis_url, 2) as raw:
+            await log.ensure_group()
+            await raw.xadd(log.keys.persist_stream, {"run_id": "r", "seq": "nope"})
+            await raw.xadd(log.keys.persist_stream, {"something": "else"})
+            run = run_id()
+            await log.append(run, events(1), checkpoint_seq=1)
+            taken = await log.read_checkpoints("c1", 10, 0)
+            assert [(c.run_id, c.seq) for c in taken] == [(run, 1)]
+            assert await log.pending_count() == 1
+
+
+async def test_trim_persist_keeps_unacked(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log, \
+                open_redis(redis_url, 2) as raw:
+            await log.ensure_group()
+            run = run_id()
+            for seq in range(1, 4):
+                await log.append(run, events(1, start=seq), checkpoint_seq=seq)
+                await trio.sleep(0.005)  # distinct milliseconds: trimming is by ms
+            first = await log.read_checkpoints("c1", 2, 0)
+            await log.ack([first[0].entry_id])
+            await trio.sleep(0.005)
+            await log.trim_persist()
+            remaining = await raw.xrange(log.keys.persist_stream, "-", "+")
+            # the acked first entry may go; the pending second and the unread third stay
+            ids = [str(e.identifier, "ascii") if isinstance(e.identifier, bytes)
+                   else e.identifier for e in remaining]
+            assert first[1].entry_id in ids and len(ids) >= 2
+            assert first[0].entry_id not in ids
+            rest = await log.read_checkpoints("c1", 10, 0)
+            assert [c.seq for c in rest] == [3]
+
+
+async def test_retention_ttl_on_every_run_key(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log, \
+                open_redis(redis_url, 2) as raw:
+            run = run_id()
+            await log.append(run, events(2))
+            await log.put_meta(run, {"thread_id": "t", "status": "in_progress"})
+            assert await log.ttl(run) == -1  # live runs never expire
+            await log.set_retention(run, 120)
+            assert 0 < await log.ttl(run) <= 120
+            assert 0 < await raw.ttl(log.keys.run_meta(run)) <= 120
+            assert await log.ttl(run_id()) == -2
+
+
+async def test_meta_status_and_live_registry(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            run, other = run_id(), run_id()
+            await log.put_meta(run, {"thread_id": "t1", "status": "in_progress",
+                                     "node": "n1", "n": 3})
+            await log.put_meta(other, {"status": "queued"})  # no node: not registered
+            assert await log.run_exists(run)  # metadata alone counts
+            assert await log.get_meta(run) == {"thread_id": "t1", "status": "in_progress",
+                                               "node": "n1", "n": "3"}
+            assert await log.live_runs() == {run: "n1"}
+            await log.set_status(run, "in_progress")
+            assert await log.live_runs() == {run: "n1"}
+            await log.set_status(run, "complete")
+            assert (await log.get_meta(run))["status"] == "complete"
+            assert await log.live_runs() == {}
+            await log.register_live(other, "n2")
+            assert await log.live_runs() == {other: "n2"}
+            await log.unregister_live(other)
+            assert await log.live_runs() == {}
+            assert await log.get_meta(run_id()) == {}
+
+
+async def test_node_leases_expire(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            assert not await log.lease_alive("n1")
+            await log.refresh_lease("n1", 1)
+            assert await log.lease_alive("n1")
+            await trio.sleep(1.2)
+            assert not await log.lease_alive("n1")
+
+
+async def test_ping(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            await log.ping()
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "unix:///nonexistent/redis.sock"])
+async def test_unreachable_redis_is_unavailable_quickly(url: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(url, "never") as log:
+            t0 = time.monotonic()
+            for call in (log.ping(), log.append("r", events(1), 1), log.read_after("r", "0-0", 1),
+                         log.tail("r", "0-0", 1000, 1), log.ensure_group()):
+                with pytest.raises(RedisUnavailable) as info:
+                    await call
+                assert info.value.status == 503
+            assert time.monotonic() - t0 < 5
+
+
+async def test_error_escaping_the_client_is_not_wrapped(redis_url: str) -> None:
+    """coredis's task group would wrap it in an exception group; open_redis unwraps it."""
+    with trio.fail_after(10), pytest.raises(KeyError):
+        async with open_redis(redis_url, 2) as client:
+            await client.ping()
+            raise KeyError("mine")
+
+
+def test_unsupported_url() -> None:
+    async def main() -> None:
+        async with open_redis("http://localhost", 1):
+            pass
+
+    with pytest.raises(ValueError, match="unsupported Redis URL"):
+        trio.run(main)
