@@ -46,6 +46,8 @@ class ProjectorLog(Protocol):
 
     async def set_retention(self, run_id: str, ttl_s: int) -> None: ...
 
+    async def trim_persist(self) -> int: ...
+
 
 class ProjectorStore(Protocol):
     async def upsert_response(self, response: Response, seq: int) -> bool: ...
@@ -60,7 +62,8 @@ class _RunCursor:
 class Projector:
     def __init__(self, log_: ProjectorLog, store: ProjectorStore, *, consumer: str,
                  claim_idle_ms: int, block_ms: int, retention_s: int,
-                 batch: int = 256, cache_size: int = 4096) -> None:
+                 batch: int = 256, cache_size: int = 4096,
+                 trim_interval_s: float = 30.0) -> None:
         self._log = log_
         self._store = store
         self.consumer = consumer
@@ -71,12 +74,14 @@ class Projector:
         self._cache: OrderedDict[str, _RunCursor] = OrderedDict()
         self._cache_size = cache_size
         self.persisted = 0
+        self._trim_interval_s = trim_interval_s
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         await self._log.ensure_group()
         task_status.started()
         next_claim = 0.0
+        next_trim = trio.current_time() + self._trim_interval_s
         while True:
             checkpoints: list[Checkpoint] = []
             if trio.current_time() >= next_claim:
@@ -87,6 +92,10 @@ class Projector:
                 self.consumer, self._batch, 10 if checkpoints else self._block_ms)
             if checkpoints:
                 await self.project(checkpoints)
+            if trio.current_time() >= next_trim:
+                # acked entries are history: drop those every consumer is past
+                await self._log.trim_persist()
+                next_trim = trio.current_time() + self._trim_interval_s
 
     async def project(self, checkpoints: Sequence[Checkpoint]) -> None:
         """Persist every run named, up to at least its checkpoint, then ack them all."""

@@ -6,7 +6,7 @@ Structure (one root nursery, nothing fire-and-forget)::
     ├── embedded redis-server (unless CODY_REDIS_URL)     runtime/redis_server.py
     ├── SQLite store                                        runtime/store.py
     └── root nursery
-        ├── supervisor (one_for_one): projector, extra workers (the HTTP server)
+        ├── supervisor (one_for_one): projector, janitor, extra workers (the HTTP server)
         └── runs nursery: one RunActor per run, never restarted
 
 Tests open as many runtimes side by side as they like, each with its own key prefix, data
@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from actors.fanout import Fanout
+from actors.janitor import Janitor
 from actors.projector import Projector
 from actors.providers.fixtures import DEFAULT_FIXTURES_DIR, FixtureLibrary
 from actors.providers.live import open_live_providers
@@ -184,10 +185,14 @@ class CodyRuntime:
         actor = RunActor(spec, log_=self.log, provider=provider, tools=runner, clock=self.clock,
                          limits=RunLimits(max_iterations=self.config.max_iterations),
                          subscriber_buffer=self.config.subscriber_buffer)
-        await self.log.put_meta(run_id, {"thread_id": thread_id, "turn_id": turn_id,
-                                         "status": "in_progress", "node": self.node_id,
-                                         "provider_id": provider_id, "model_id": model_id})
-        self.actors[run_id] = actor
+        self.actors[run_id] = actor  # before it is registered live: the janitor checks here
+        try:
+            await self.log.put_meta(run_id, {"thread_id": thread_id, "turn_id": turn_id,
+                                             "status": "in_progress", "node": self.node_id,
+                                             "provider_id": provider_id, "model_id": model_id})
+        except BaseException:
+            self.actors.pop(run_id, None)
+            raise
         self.stats.runs_started += 1
         self._runs.start_soon(self._run_actor, actor)
         return TurnAccepted(run_id=run_id, thread_id=thread_id, turn_id=turn_id,
@@ -365,6 +370,9 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                                       retention_s=config.retention_s)
                 runtime.projector = projector
                 children.append(ChildSpec("projector", projector.run, RestartPolicy.PERMANENT))
+            janitor = Janitor(event_log, node_id=node_id, local_runs=runtime.actors,
+                              clock=runtime.clock)
+            children.append(ChildSpec("janitor", janitor.run, RestartPolicy.PERMANENT))
             if workers is not None:
                 children.extend(workers(runtime))
             if children:

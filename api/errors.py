@@ -27,7 +27,12 @@ def error_response(status: int, code: str, message: str,
 
 
 def from_cody(exc: CodyError) -> Response:
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    response = error_response(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, PayloadTooLarge):
+        # the body was not read: close the connection rather than leave the client blocked
+        # writing it (httpx then reads this response after its write fails)
+        response.headers["Connection"] = "close"
+    return response
 
 
 def from_http(exc: HTTPException) -> Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -45,23 +45,35 @@ def http_worker(runtime: CodyRuntime, stop: trio.Event) -> ChildSpec:
     return ChildSpec("http", run, RestartPolicy.TRANSIENT)
 
 
+async def _watch_signals(signals: AsyncIterator[int], first: trio.Event) -> None:
+    """The first SIGINT/SIGTERM starts the drain; later ones are swallowed so that a second
+    signal during the drain does not kill the process half-way through its cleanup."""
+    async for signum in signals:
+        if not first.is_set():
+            log.info("signal %s: draining", signum)
+            first.set()
+
+
 async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = None) -> None:
     stop = trio.Event()
+    draining = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_runtime(config, workers=lambda rt: [http_worker(rt, stop)]) as runtime:
-            log.info("cody serving on http://%s:%d (%s mode, redis %s)", config.host,
-                     config.port, "replay" if config.replay else "live",
-                     config.redis_url or "embedded")
-            print(f"cody: serving on http://{config.host}:{config.port} "
-                  f"({'replay' if config.replay else 'live'} mode)", flush=True)
-            if ready is not None:
-                ready()
-            async for signum in signals:
-                log.info("signal %s: draining", signum)
-                break
-            await runtime.drain("server shutting down")
-            # give SSE generators a moment to flush their terminal frames
-            await trio.sleep(0.2)
-            stop.set()
-            await trio.sleep(0.1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, signals, draining)
+            async with open_runtime(config,
+                                    workers=lambda rt: [http_worker(rt, stop)]) as runtime:
+                mode = "replay" if config.replay else "live"
+                log.info("cody serving on http://%s:%d (%s mode, redis %s)", config.host,
+                         config.port, mode, config.redis_url or "embedded")
+                print(f"cody: serving on http://{config.host}:{config.port} ({mode} mode)",
+                      flush=True)
+                if ready is not None:
+                    ready()
+                await draining.wait()
+                await runtime.drain("server shutting down")
+                # let SSE generators flush their terminal frames, then stop accepting
+                await trio.sleep(0.2)
+                stop.set()
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
     print("cody: stopped", flush=True)

@@ -65,7 +65,8 @@ def _key(entry_id: str) -> tuple[int, int]:
 async def open_redis(url: str, max_connections: int, *, connect_timeout_s: float = 5.0,
                      stream_timeout_s: float | None = 30.0,
                      pool_timeout_s: float | None = 30.0) -> AsyncIterator[Client]:
-    """A coredis client for ``redis://host:port/db`` or ``unix:///path/to/redis.sock``.
+    """A coredis client for ``redis://host:port/db`` or ``unix:///path/to/redis.sock``
+    (``?db=N`` and ``user:password@`` work in both, as coredis parses them).
 
     Timeouts keep a dead or stalled server from hanging anyone: ``stream_timeout_s`` must stay
     above the longest blocking read (:attr:`EventLog.max_block_ms`). coredis runs its
@@ -76,15 +77,11 @@ async def open_redis(url: str, max_connections: int, *, connect_timeout_s: float
                                    connect_timeout=connect_timeout_s,
                                    stream_timeout=stream_timeout_s,
                                    pool_timeout=pool_timeout_s)
-    parts = urlsplit(url)
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"unsupported Redis URL {url!r}: use redis://host:port/db "
+                         f"or unix:///path/to/redis.sock")
     with map_redis_errors():
-        if parts.scheme == "unix":
-            client: Client = coredis.Redis(unix_socket_path=parts.path, **options)
-        elif parts.scheme in ("redis", "rediss"):
-            client = coredis.Redis.from_url(url, **options)
-        else:
-            raise ValueError(f"unsupported Redis URL {url!r}: use redis://host:port/db "
-                             f"or unix:///path/to/redis.sock")
+        client: Client = coredis.Redis.from_url(url, **options)
     raised: BaseException | None = None
     try:
         async with client:

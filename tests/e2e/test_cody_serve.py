@@ -12,7 +12,7 @@ from tests.e2e.server import ServerProcess, base_env
 
 
 def redis_servers_for(data_dir: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines()
             if "redis-server" in line and str(data_dir) in line]
 

@@ -177,3 +177,11 @@ async def test_kill_9_of_the_parent_leaves_no_orphan(data_dir: Path) -> None:
             await parent.wait()
         while alive(pid):  # noqa: ASYNC110 - polling another process, no event to wait on
             await trio.sleep(0.05)
+
+
+async def test_stops_by_signal_when_the_socket_is_gone(data_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with embedded_redis(data_dir) as url:
+            pid = await server_pid(url)
+            socket_path_for(data_dir).unlink()  # SHUTDOWN cannot be sent: SIGTERM it is
+        assert not alive(pid)
