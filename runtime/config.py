@@ -143,6 +143,8 @@ class RuntimeConfig(BaseModel):
         put("max_iterations", "CODY_MAX_ITERATIONS", int)
         put("retention_s", "CODY_RETENTION_S", int)
         put("provider_idle_timeout_s", "CODY_PROVIDER_IDLE_TIMEOUT_S", float)
+        put("provider_backoff_base_s", "CODY_PROVIDER_BACKOFF_BASE_S", float)
+        put("provider_max_retries", "CODY_PROVIDER_MAX_RETRIES", int)
         put("default_provider", "CODY_DEFAULT_PROVIDER")
         put("default_model", "CODY_DEFAULT_MODEL")
         if e.get("CODY_EXEC"):

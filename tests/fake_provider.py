@@ -71,14 +71,17 @@ def turn_position(provider: str, body: dict[str, Any]) -> tuple[str, int]:
     """The turn's prompt and how many tool rounds came after it in this request."""
     prompt, rounds = "", 0
     if provider == "openai":
+        previous = None
         for item in body.get("input", []):
-            if item.get("role") == "user" and item.get("type", "message") == "message":
+            kind = item.get("type", "message")
+            if item.get("role") == "user" and kind == "message":
                 content = item.get("content")
                 if isinstance(content, list):
                     content = "".join(c.get("text", "") for c in content)
                 prompt, rounds = str(content), 0
-            elif item.get("type") == "function_call_output":
-                rounds += 1
+            elif kind == "function_call_output" and previous != "function_call_output":
+                rounds += 1  # parallel calls' outputs, side by side, are one round
+            previous = kind
         return prompt, rounds
     for msg in body.get("messages", []):
         if msg.get("role") != "user":

@@ -76,11 +76,20 @@ async def wait_persisted(client: httpx.AsyncClient, thread_id: str, run_id: str,
             await trio.sleep(0.05)
 
 
-def recorded_requests(data_dir: Any, run_id: str) -> list[dict[str, Any]]:
-    path = data_dir / "replay-requests.jsonl"
+def sent_requests(server: Any, prompt: str) -> list[dict[str, Any]]:
+    """The provider request bodies a turn sent, in order: from the replay provider's record
+    (replay mode) or from what the fake provider server received (live mode)."""
+    fake = getattr(server, "fake", None)
+    if fake is not None:
+        bodies = [r.body for r in fake.requests]
+    else:
+        path = server.data_dir / "replay-requests.jsonl"
+        bodies = [json.loads(line)["request"] for line in path.read_text().splitlines()]
+    from tests.fake_provider import turn_position
+
     out = []
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        if entry["run_id"] == run_id:
-            out.append(entry)
+    for body in bodies:
+        provider = "openai" if "input" in body else "anthropic"
+        if turn_position(provider, body)[0] == prompt:
+            out.append(body)
     return out

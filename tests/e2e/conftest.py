@@ -1,8 +1,15 @@
 """End-to-end fixtures: a real ``cody serve`` process per test, on a free TCP port, against the
-real Redis on 127.0.0.1:6379 with its own key prefix and its own data dir."""
+real Redis on 127.0.0.1:6379 with its own key prefix and its own data dir.
+
+``server`` runs each test twice: in replay mode, and in live mode with the real provider
+clients pointed at the fake provider server (tests/fake_provider.py), which streams the same
+recordings over HTTP.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,15 +17,29 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.server import WORKSPACE, ServerProcess, base_env
+from tests.fake_provider import FakeProvider
 
 StartServer = Callable[..., ServerProcess]
+
+
+def _drop_keys(prefix: str) -> None:
+    """Delete the test's keys (SCAN MATCH: fine in tests, never in the runtime)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        keys = subprocess.run(["redis-cli", "-h", "127.0.0.1", "--scan", "--pattern",
+                               f"{prefix}:*"], capture_output=True, text=True,
+                              timeout=20).stdout.split()
+        for i in range(0, len(keys), 500):
+            subprocess.run(["redis-cli", "-h", "127.0.0.1", "del", *keys[i:i + 500]],
+                           capture_output=True, timeout=20)
 
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
     servers: list[ServerProcess] = []
+    fakes: list[FakeProvider] = []
 
-    def start(**env: str) -> ServerProcess:
+    def start(mode: str = "replay", fake: FakeProvider | None = None,
+              **env: str) -> ServerProcess:
         data_dir = tmp_path / f"server-{len(servers)}"
         data_dir.mkdir()
         defaults = {
@@ -28,17 +49,33 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
             "CODY_EXEC": "1",
             "CODY_WORKSPACE": str(WORKSPACE),
             "CODY_TOOL_TIMEOUT_S": "1",
+            "CODY_RETENTION_S": "300",
             "CODY_LOG_LEVEL": "info",
         }
+        if mode == "live":
+            if fake is None:
+                fake = FakeProvider().__enter__()
+                fakes.append(fake)
+            defaults.update({
+                "CODY_REPLAY": "0",
+                "OPENAI_API_KEY": fake.api_key, "OPENAI_BASE_URL": fake.openai_base_url,
+                "ANTHROPIC_API_KEY": fake.api_key,
+                "ANTHROPIC_BASE_URL": fake.anthropic_base_url,
+            })
         server = ServerProcess(data_dir, base_env(**{**defaults, **env}))
+        server.fake = fake  # type: ignore[attr-defined]
+        server.mode = mode  # type: ignore[attr-defined]
         servers.append(server)
         return server.start()
 
     yield start
     for server in servers:
         server.stop()
+        _drop_keys(server.env["CODY_KEY_PREFIX"])
+    for fake in fakes:
+        fake.__exit__(None, None, None)
 
 
-@pytest.fixture
-def server(start_server: StartServer) -> ServerProcess:
-    return start_server()
+@pytest.fixture(params=["replay", "live"])
+def server(request: pytest.FixtureRequest, start_server: StartServer) -> ServerProcess:
+    return start_server(request.param)

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from actors.providers.fixtures import Fixture, FixtureLibrary
-from tests.e2e.client import make_client, recorded_requests, stream, submit, wait_persisted
+from tests.e2e.client import make_client, sent_requests, stream, submit, wait_persisted
 from tests.e2e.conftest import StartServer
 from tests.e2e.server import ServerProcess
 from tests.harness import response_view
@@ -81,7 +81,7 @@ async def test_hp06_two_turns_on_one_thread(server: ServerProcess, provider: str
     assert live1 == persisted1 == first.expected
     assert live2 == persisted2 == second.expected
     # the second request carried the first turn's question and answer (and its reasoning)
-    sent = recorded_requests(server.data_dir, accepted2["run_id"])[0]["request"]
+    sent = sent_requests(server, second.prompt)[0]
     text = json.dumps(sent)
     assert first.prompt in text and second.prompt in text
     answer = next(i for i in first.expected["output_items"]
@@ -95,9 +95,17 @@ async def test_hp06_two_turns_on_one_thread(server: ServerProcess, provider: str
     assert [r["id"] for r in thread["runs"]] == [accepted1["run_id"], accepted2["run_id"]]
 
 
-async def test_hp09_resume_with_last_event_id(start_server: StartServer) -> None:
+@pytest.mark.parametrize("mode", ["replay", "live"])
+async def test_hp09_resume_with_last_event_id(start_server: StartServer, mode: str) -> None:
     """Drop after 3 events, resume with Last-Event-ID: no duplicate, no gap."""
-    server = start_server(CODY_REPLAY_DELAY_S="0.002")
+    from tests.fake_provider import FakeProvider
+
+    with FakeProvider(block_delay_s=0.002) as fake:
+        server = start_server(mode, fake=fake, CODY_REPLAY_DELAY_S="0.002")
+        await _resume_checks(server)
+
+
+async def _resume_checks(server: ServerProcess) -> None:
     fx = LIBRARY.get("openai", "rapid_deltas")
     with trio.fail_after(60):
         async with make_client(server.base_url) as client:
