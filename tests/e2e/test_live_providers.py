@@ -186,8 +186,11 @@ async def test_cancel_closes_the_upstream_connection(start_server: StartServer) 
                 await trio.sleep(0.5)
                 r = await client.post(f"/api/v2/runs/{accepted['run_id']}/cancel")
                 assert r.json()["status"] == "aborted"
-                while fake.closed_early == 0:  # the fake server sees its client go away
+                for _ in range(200):  # the fake server sees its client go away
+                    if fake.closed_early:
+                        break
                     await trio.sleep(0.05)
+                assert fake.closed_early == 1
     assert fake.completed == 0
 
 
