@@ -50,7 +50,8 @@ class ProjectorLog(Protocol):
 
 
 class ProjectorStore(Protocol):
-    async def upsert_response(self, response: Response, seq: int) -> bool: ...
+    async def upsert_responses(self, items: Sequence[tuple[Response, int]]
+                               ) -> list[bool]: ...
 
 
 @dataclass(slots=True)
@@ -102,17 +103,33 @@ class Projector:
         wanted: dict[str, int] = {}
         for c in checkpoints:
             wanted[c.run_id] = max(wanted.get(c.run_id, 0), c.seq)
+        folded: list[tuple[str, _RunCursor]] = []
         for run_id, seq in wanted.items():
             try:
-                await self._project_run(run_id, seq)
+                cursor = await self._fold(run_id, seq)
             except CodyError:
                 raise
             except Exception:  # a poisoned run must not stop persistence of the others
                 log.exception("projector: cannot rebuild run %s; skipping it", run_id)
-                self._cache.pop(run_id, None)
+                continue
+            if cursor is not None:
+                folded.append((run_id, cursor))
+        if folded:
+            written = await self._store.upsert_responses(
+                [(c.reducer.snapshot(), c.reducer.last_seq) for _, c in folded])
+            self.persisted += sum(written)
+            for run_id, cursor in folded:
+                if cursor.reducer.is_terminal:
+                    await self._log.set_retention(run_id, self._retention_s)
+                else:
+                    self._cache[run_id] = cursor
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         await self._log.ack([c.entry_id for c in checkpoints])
 
-    async def _project_run(self, run_id: str, seq: int) -> None:
+    async def _fold(self, run_id: str, seq: int) -> _RunCursor | None:
+        """The run's reducer advanced to at least ``seq`` (None: the stream has expired,
+        so an earlier projector persisted it)."""
         cursor = self._cache.pop(run_id, None) or _RunCursor()
         while cursor.reducer.last_seq < seq:
             page = await self._log.read_after(run_id, cursor.last_id, 1000)
@@ -121,13 +138,4 @@ class Projector:
             for entry_id, raw in page:
                 cursor.reducer.apply(decode_event(raw))
                 cursor.last_id = entry_id
-        if not cursor.reducer.started:
-            return  # the stream has expired: an earlier projector persisted it
-        if await self._store.upsert_response(cursor.reducer.snapshot(), cursor.reducer.last_seq):
-            self.persisted += 1
-        if cursor.reducer.is_terminal:
-            await self._log.set_retention(run_id, self._retention_s)
-            return
-        self._cache[run_id] = cursor
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        return cursor if cursor.reducer.started else None

@@ -34,7 +34,7 @@ from actors.providers.provider import ModelProvider
 from actors.providers.replay import ReplayProvider
 from actors.providers.settings import RequestSettings
 from actors.reader import RunReader
-from actors.run_actor import RunActor, RunLimits, RunSpec
+from actors.run_actor import RunActor, RunLimits, RunLog, RunSpec
 from actors.tools import ToolRunner
 from runtime.clock import SystemClock, WallClock
 from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
@@ -49,6 +49,7 @@ from runtime.errors import (
     ValidationFailed,
 )
 from runtime.eventlog import EventLog, open_redis
+from runtime.group_commit import GroupCommitter
 from runtime.ids import new_uuid
 from runtime.keys import Keys
 from runtime.redis_server import embedded_redis
@@ -87,13 +88,14 @@ class _Finished:
 class CodyRuntime:
     def __init__(self, config: RuntimeConfig, *, log_: EventLog, store: SQLiteStore,
                  providers: dict[str, ModelProvider], clock: WallClock,
-                 runs_nursery: trio.Nursery, node_id: str) -> None:
+                 runs_nursery: trio.Nursery, node_id: str, actor_log: RunLog) -> None:
         self.config = config
         self.log = log_
         self.store = store
         self.providers = providers
         self.clock = clock
         self.node_id = node_id
+        self.actor_log = actor_log
         self.actors: dict[str, RunActor] = {}
         self.stats = RuntimeStats()
         self._runs = runs_nursery
@@ -160,8 +162,9 @@ class CodyRuntime:
                                        f"(enabled: {', '.join(enabled) or 'none'})",
                                        details={"field": "tools"})
         run_id = req.run_id or new_uuid()
-        if run_id in self.actors or await self.log.run_exists(run_id) \
-                or await self.store.get_response(run_id) is not None:
+        # a fresh uuid4 cannot collide; a client's run_id may repeat one
+        if req.run_id is not None and (run_id in self.actors or await self.log.run_exists(
+                run_id) or await self.store.get_response(run_id) is not None):
             raise Conflict(f"run {run_id} already exists", details={"field": "run_id"})
         thread_id = req.thread_id or new_uuid()
         turn_id = req.turn_id or new_uuid()
@@ -177,12 +180,13 @@ class CodyRuntime:
             provider_id=provider_id, model_id=model_id, prompt=req.prompt,
             settings=RequestSettings(model_name=entry.provider_model, reasoning_effort=effort,
                                      thinking_budget=budget),
-            history=tuple(await self.history(thread_id)),
+            history=tuple(await self.history(thread_id)) if req.thread_id else (),
         )
         runner = ToolRunner(self.config.workspace_root, enabled=tools,
                             timeout_s=self.config.tool_timeout_s,
                             output_cap=self.config.tool_output_cap)
-        actor = RunActor(spec, log_=self.log, provider=provider, tools=runner, clock=self.clock,
+        actor = RunActor(spec, log_=self.actor_log, provider=provider, tools=runner,
+                         clock=self.clock,
                          limits=RunLimits(max_iterations=self.config.max_iterations),
                          subscriber_buffer=self.config.subscriber_buffer)
         self.actors[run_id] = actor  # before it is registered live: the janitor checks here
@@ -318,6 +322,21 @@ class CodyRuntime:
                 await actor.finished.wait()
 
 
+class _ActorLog:
+    """What a run actor writes through: appends group-committed, status direct."""
+
+    def __init__(self, committer: GroupCommitter, event_log: EventLog) -> None:
+        self._committer = committer
+        self._log = event_log
+
+    async def append(self, run_id: str, events: Sequence[bytes],
+                     checkpoint_seq: int | None = None) -> list[str]:
+        return await self._committer.append(run_id, events, checkpoint_seq)
+
+    async def set_status(self, run_id: str, status: str) -> None:
+        await self._log.set_status(run_id, status)
+
+
 def _key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -356,11 +375,13 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             providers = await stack.enter_async_context(open_providers(config))
         node_id = new_uuid()
         async with trio.open_nursery() as root:
+            committer = GroupCommitter(event_log)
+            await root.start(committer.run)
             runs_nursery = await root.start(_hold_nursery)
             runtime = CodyRuntime(config, log_=event_log, store=store,
                                   providers=providers,
                                   clock=clock or SystemClock(), runs_nursery=runs_nursery,
-                                  node_id=node_id)
+                                  node_id=node_id, actor_log=_ActorLog(committer, event_log))
             await event_log.ensure_group()
             children: list[ChildSpec] = []
             if run_projector:

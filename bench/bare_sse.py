@@ -20,6 +20,7 @@ from hypercorn.trio import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from actors.fanout import peek_type
 from actors.providers.fixtures import FixtureLibrary
 from actors.providers.replay import split_blocks
 from runtime.envelope import encode_event
@@ -63,7 +64,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await trio.sleep(delay)
         out = []
         for data in group:
-            out.append(b"id: %d-%d\nevent: e\ndata: %s\n\n" % (time.time_ns(), n, data))
+            out.append(b"id: %d-%d\nevent: %s\ndata: %s\n\n" % (
+                time.time_ns(), n, peek_type(data).encode(), data))
             n += 1
         await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

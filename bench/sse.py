@@ -13,13 +13,13 @@ floored to the millisecond the same way, to receipt).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +29,12 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from actors.providers.fixtures import FixtureLibrary  # noqa: E402
+from bench.rawhttp import get_stream, post_json  # noqa: E402
 from runtime.sse import SSEDecoder  # noqa: E402
 from tests.e2e.server import ServerProcess, base_env, free_port  # noqa: E402
+
+LIB = FixtureLibrary()
 
 
 @dataclass
@@ -48,10 +52,10 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-async def read_sse(resp: httpx.Response, t0: float, stats: Stats) -> None:
+async def read_sse(chunks: AsyncIterator[bytes], t0: float, stats: Stats) -> None:
     decoder = SSEDecoder()
     first = True
-    async for chunk in resp.aiter_bytes():
+    async for chunk in chunks:
         now_ms = time.time_ns() / 1e6
         for msg in decoder.feed(chunk):
             if not msg.data or msg.id is None:
@@ -63,44 +67,41 @@ async def read_sse(resp: httpx.Response, t0: float, stats: Stats) -> None:
             sent_ms = stamp // 1_000_000 if stamp > 10**15 else stamp  # bare: ns; cody: ms
             stats.lat.append(now_ms - sent_ms)
             stats.events += 1
+            if msg.event in ("response_done", "response_error"):
+                return  # the run is over (HTTP/1.0: don't wait for the server's close)
 
 
-async def cody_client(client: httpx.AsyncClient, fixture: str, stats: Stats) -> None:
+async def cody_client(port: int, fixture: str, stats: Stats) -> None:
     provider, name = fixture.split("/")
-    from actors.providers.fixtures import FixtureLibrary
-
-    fx = FixtureLibrary().get(provider, name)
+    fx = LIB.get(provider, name)
     t0 = time.perf_counter()
     try:
-        r = await client.post("/api/v2/runs", json={"prompt": fx.prompt, "provider_id": provider,
-                                                    "model": fx.model, "tools": []})
-        run = r.json()
-        async with client.stream("GET", run["events_url"]) as resp:
-            await read_sse(resp, t0, stats)
-    except (httpx.HTTPError, KeyError, json.JSONDecodeError):
+        status, run = await post_json("127.0.0.1", port, "/api/v2/runs", {
+            "prompt": fx.prompt, "provider_id": provider, "model": fx.model, "tools": []})
+        if status != 202:
+            stats.errors += 1
+            return
+        await read_sse(get_stream("127.0.0.1", port, run["events_url"]), t0, stats)
+    except (OSError, ConnectionError, KeyError, ValueError):
         stats.errors += 1
 
 
-async def bare_client(client: httpx.AsyncClient, fixture: str, delay: float,
-                      stats: Stats) -> None:
+async def bare_client(port: int, fixture: str, delay: float, stats: Stats) -> None:
     t0 = time.perf_counter()
     try:
-        async with client.stream("GET", f"/stream?fixture={fixture}&delay={delay}") as resp:
-            await read_sse(resp, t0, stats)
-    except httpx.HTTPError:
+        await read_sse(get_stream("127.0.0.1", port,
+                                  f"/stream?fixture={fixture}&delay={delay}"), t0, stats)
+    except (OSError, ConnectionError):
         stats.errors += 1
 
 
-async def load(base_url: str, n: int, make: object) -> tuple[Stats, float]:
+async def load(n: int, make: Callable[[Stats], Awaitable[None]]) -> tuple[Stats, float]:
     stats = Stats()
-    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits,
-                                 timeout=httpx.Timeout(60.0, read=None)) as client:
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(n):
-                nursery.start_soon(make, client, stats)  # type: ignore[arg-type]
-        return stats, time.perf_counter() - start
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(make, stats)
+    return stats, time.perf_counter() - start
 
 
 def row(label: str, stats: Stats, secs: float) -> str:
@@ -147,10 +148,9 @@ async def measure(args: argparse.Namespace, server: ServerProcess, bare_port: in
     if True:
         for n in [int(x) for x in args.clients.split(",")]:
             c_stats, c_secs = await load(
-                server.base_url, n, lambda cl, st: cody_client(cl, args.fixture, st))
+                n, lambda st: cody_client(server.port, args.fixture, st))
             b_stats, b_secs = await load(
-                f"http://127.0.0.1:{bare_port}", n,
-                lambda cl, st: bare_client(cl, args.fixture, args.delay, st))
+                n, lambda st: bare_client(bare_port, args.fixture, args.delay, st))
             print(row(f"cody  n={n}", c_stats, c_secs))
             print(row(f"bare  n={n}", b_stats, b_secs))
             ratio = (c_stats.events / c_secs) / (b_stats.events / b_secs)

@@ -142,6 +142,29 @@ class EventLog:
                 ids.append(_s(entry_id))
         return ids
 
+    async def append_many(self, batches: Sequence[tuple[str, Sequence[bytes], int | None]]
+                          ) -> list[list[str]]:
+        """Several runs' appends (each as :meth:`append`) in one pipelined round trip."""
+        persist = self.keys.persist_stream
+        with map_redis_errors():
+            async with self._w.pipeline(transaction=False) as pipe:
+                pending = []
+                for run_id, events, checkpoint_seq in batches:
+                    key = self.keys.run_events(run_id)
+                    pending.append([pipe.xadd(key, {EVENT_FIELD: data}) for data in events])
+                    if checkpoint_seq is not None:
+                        pipe.xadd(persist, {b"run_id": run_id, b"seq": str(checkpoint_seq)})
+            out: list[list[str]] = []
+            for requests in pending:
+                ids: list[str] = []
+                for request in requests:
+                    entry_id = await request
+                    if entry_id is None:
+                        raise AssertionError("XADD returned no id")
+                    ids.append(_s(entry_id))
+                out.append(ids)
+        return out
+
     async def read_after(self, run_id: str, cursor: str, count: int) -> list[Entry]:
         """Up to ``count`` entries strictly after ``cursor`` (``"0-0"``: from the start)."""
         with map_redis_errors():

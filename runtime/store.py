@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -139,30 +139,39 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ responses
 
+    @staticmethod
+    def _upsert(conn: sqlite3.Connection, response: Response, body: str, seq: int) -> bool:
+        row = conn.execute("SELECT deleted FROM threads WHERE id = ?",
+                           (response.thread_id,)).fetchone()
+        if row is not None and row["deleted"]:
+            return False
+        cur = conn.execute(
+            "INSERT INTO responses (run_id, thread_id, turn_id, seq, status, "
+            "created_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id) DO UPDATE SET thread_id = excluded.thread_id, "
+            "turn_id = excluded.turn_id, seq = excluded.seq, status = excluded.status, "
+            "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+            "body = excluded.body WHERE responses.seq < excluded.seq",
+            (response.id, response.thread_id, response.turn_id, seq, response.status,
+             response.created_at, response.updated_at, body))
+        if cur.rowcount and row is not None:
+            conn.execute("UPDATE threads SET updated_at = max(updated_at, ?) "
+                         "WHERE id = ?", (response.updated_at, response.thread_id))
+        return cur.rowcount > 0
+
     async def upsert_response(self, response: Response, seq: int) -> bool:
         """Store ``response`` as folded up to ``seq``, unless the stored one is at ``seq`` or
         later (or its thread was deleted). Returns whether it wrote."""
-        body = response.model_dump_json()
+        return (await self.upsert_responses([(response, seq)]))[0]
 
-        def write(conn: sqlite3.Connection) -> bool:
+    async def upsert_responses(self, items: Sequence[tuple[Response, int]]) -> list[bool]:
+        """Many upserts (each as :meth:`upsert_response`) in one transaction and one thread
+        hop: what the projector does with a batch of checkpoints."""
+        bodies = [(resp, resp.model_dump_json(), seq) for resp, seq in items]
+
+        def write(conn: sqlite3.Connection) -> list[bool]:
             with _transaction(conn):
-                row = conn.execute("SELECT deleted FROM threads WHERE id = ?",
-                                   (response.thread_id,)).fetchone()
-                if row is not None and row["deleted"]:
-                    return False
-                cur = conn.execute(
-                    "INSERT INTO responses (run_id, thread_id, turn_id, seq, status, "
-                    "created_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (run_id) DO UPDATE SET thread_id = excluded.thread_id, "
-                    "turn_id = excluded.turn_id, seq = excluded.seq, status = excluded.status, "
-                    "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-                    "body = excluded.body WHERE responses.seq < excluded.seq",
-                    (response.id, response.thread_id, response.turn_id, seq, response.status,
-                     response.created_at, response.updated_at, body))
-                if cur.rowcount and row is not None:
-                    conn.execute("UPDATE threads SET updated_at = max(updated_at, ?) "
-                                 "WHERE id = ?", (response.updated_at, response.thread_id))
-                return cur.rowcount > 0
+                return [self._upsert(conn, resp, body, seq) for resp, body, seq in bodies]
 
         return await self._run(write)
 
