@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import trio
 
 from tests.e2e.client import make_client
+from tests.e2e.conftest import StartServer
 from tests.e2e.server import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One replay-mode server for the whole table: each case also checks that it still
+    serves after the bad request before it."""
+    from tests.e2e.conftest import _drop_keys
+    from tests.e2e.server import WORKSPACE, base_env
+
+    prefix = f"e2e-{uuid.uuid4().hex[:12]}"
+    proc = ServerProcess(tmp_path_factory.mktemp("validation"), base_env(
+        CODY_REDIS_URL="redis://127.0.0.1:6379/0", CODY_KEY_PREFIX=prefix, CODY_REPLAY="1",
+        CODY_WORKSPACE=str(WORKSPACE), CODY_RETENTION_S="300"))
+    proc.start()
+    yield proc
+    proc.stop()
+    _drop_keys(prefix)
 
 RUN = str(uuid.uuid4())
 THREAD = str(uuid.uuid4())
@@ -53,7 +72,13 @@ CASES: list[tuple[str, str, object, int, str, str | None]] = [
     ("PATCH", f"/api/v2/threads/{THREAD}", {"title": "x"}, 404, "NOT_FOUND", None),
     ("PATCH", f"/api/v2/threads/{THREAD}", {"settings": []}, 400, "VALIDATION_ERROR",
      "settings"),
+    ("PATCH", f"/api/v2/threads/{THREAD}", b"{", 400, "VALIDATION_ERROR", "body"),
+    ("PATCH", f"/api/v2/threads/{THREAD}", {"nope": 1}, 400, "VALIDATION_ERROR", "nope"),
+    ("PATCH", f"/api/v2/threads/{THREAD}", {"title": BIG}, 413, "PAYLOAD_TOO_LARGE", None),
+    ("PATCH", f"/api/v2/threads/{THREAD}", b"", 400, "VALIDATION_ERROR", "body"),
     ("DELETE", f"/api/v2/threads/{THREAD}", None, 404, "NOT_FOUND", None),
+    ("POST", f"/api/v2/runs/{RUN}/cancel", b"{}", 404, "NOT_FOUND", None),
+    ("PUT", "/api/v2/runs", {"prompt": "hi"}, 405, "METHOD_NOT_ALLOWED", None),
     ("GET", "/api/v2/nothing-here", None, 404, "NOT_FOUND", None),
 ]
 
@@ -81,7 +106,8 @@ async def test_bad_input_gets_a_clear_4xx(server: ServerProcess, method: str, pa
             assert (await client.get("/api/v2/health")).status_code == 200
 
 
-async def test_bad_cursor_and_openapi(server: ServerProcess) -> None:
+async def test_bad_cursor_and_openapi(start_server: StartServer) -> None:
+    server = start_server()
     with trio.fail_after(20):
         async with make_client(server.base_url) as client:
             accepted = (await client.post("/api/v2/runs", json={"prompt": "hi"})).json()
