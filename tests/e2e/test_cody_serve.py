@@ -67,3 +67,33 @@ async def test_sigterm_aborts_open_runs_and_closes_streams(tmp_path: Path) -> No
         code = server.stop()
     assert code == 0, server.log()
     assert not redis_servers_for(tmp_path)
+
+
+async def test_cody_run_prints_the_turn(tmp_path: Path) -> None:
+    import sys
+
+    from actors.providers.fixtures import FixtureLibrary
+    from tests.e2e.server import ROOT
+
+    fx = FixtureLibrary().get("openai", "tool_read_file")
+    server = ServerProcess(tmp_path, base_env(
+        CODY_REDIS_URL="redis://127.0.0.1:6379/0", CODY_KEY_PREFIX=f"e2e-run-{tmp_path.name}",
+        CODY_WORKSPACE=str(ROOT / "fixtures" / "workspace")))
+    server.start(timeout=60)
+    try:
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, "-m", "api.cli", "run", fx.prompt, "--server", server.base_url,
+                 "--model", fx.model, "--tools", "read_file"],
+                cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False)
+    finally:
+        server.stop()
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()
+    answer = next(i["content"] for i in fx.expected["output_items"]
+                  if i["type"] == "message" and i["origin"] == "agent")
+    assert answer in out
+    assert '→ read_file({"path":"notes.txt"})' in out or "→ read_file(" in out
+    assert "← ok: Cody Core notes" in out
+    usage = fx.expected["usage"]
+    assert f"{usage['total_tokens']} total" in out
