@@ -289,3 +289,32 @@ async def test_submit_rejects_bad_turns(redis_url: str, key_prefix: str, tmp_pat
             with pytest.raises(CodyError) as info:
                 await rt.submit(TurnRequest.model_validate({"prompt": "x", **bad}))
             assert info.value.status == 400
+
+
+async def test_expired_stream_is_410_but_response_stays(redis_url: str, key_prefix: str,
+                                                        tmp_path: Path) -> None:
+    from runtime.errors import StreamExpired
+
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path, retention_s=1) as rt:
+            accepted = await rt.submit(turn("openai", "simple_message"))
+            await read_all(rt, accepted.run_id)
+            stored = await wait_stored(rt, accepted.run_id)
+            for _ in range(100):  # the retention TTL runs out
+                if not await rt.log.run_exists(accepted.run_id):
+                    break
+                await trio.sleep(0.1)
+            with pytest.raises(StreamExpired):
+                await rt.open_reader(accepted.run_id, None)
+            assert await rt.get_response(accepted.run_id) == stored
+
+
+async def test_max_iterations_ends_the_turn(redis_url: str, key_prefix: str,
+                                            tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path, max_iterations=1) as rt:
+            accepted = await rt.submit(turn("anthropic", "tool_read_file"))
+            resp = rebuild(events_of(await read_all(rt, accepted.run_id)))
+    assert resp.status == "complete"
+    assert resp.finish_reason == "max_iterations"
+    assert [i.type for i in resp.output_items][-1] == "function_call_output"
