@@ -41,6 +41,7 @@ class LogEntry:
     type: str
     data: bytes
     _frame: bytes | None = field(default=None, repr=False)
+    _key: tuple[int, int] | None = field(default=None, repr=False)
 
     @classmethod
     def from_raw(cls, entry_id: str, data: bytes) -> LogEntry:
@@ -52,7 +53,10 @@ class LogEntry:
 
     @property
     def key(self) -> tuple[int, int]:
-        return entry_key(self.entry_id)
+        """Parsed once and shared: every subscriber compares it."""
+        if self._key is None:
+            self._key = entry_key(self.entry_id)
+        return self._key
 
     @property
     def frame(self) -> bytes:

@@ -78,19 +78,32 @@ class RunReader:
                 self._mode = "live" if self._sub is not None else "tail"
             elif self._mode == "live":
                 assert self._sub is not None
-                batch = None
-                with trio.move_on_after(wait_s):
-                    try:
-                        batch = await self._sub.receive.receive()
-                    except trio.EndOfChannel:
-                        # dropped for being slow, or the run ended: Redis has the rest
-                        self._sub.close()
-                        self._sub = None
-                        self._mode = "replay"
-                        continue
-                if batch is None:
-                    return None
-                out = self._accept(list(batch))
+                receive = self._sub.receive
+                entries: list[LogEntry] = []
+                ended = False
+                try:
+                    # what is already queued needs no timeout (set up per call, it costs more
+                    # than the receive with 1,000 subscribers); take it all in one batch
+                    while True:
+                        entries.extend(receive.receive_nowait())
+                except trio.WouldBlock:
+                    pass
+                except trio.EndOfChannel:
+                    ended = True
+                if not entries and not ended:
+                    with trio.move_on_after(wait_s):
+                        try:
+                            entries.extend(await receive.receive())
+                        except trio.EndOfChannel:
+                            ended = True
+                    if not entries and not ended:
+                        return None
+                out = self._accept(entries)
+                if ended and not self.done:
+                    # dropped for being slow, or the run ended: Redis has the rest
+                    self._sub.close()
+                    self._sub = None
+                    self._mode = "replay"
                 if out:
                     return out
             else:

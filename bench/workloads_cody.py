@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +27,16 @@ from runtime.schema import (
     ItemDone,
     ItemStart,
     MessageItem,
+    Payload,
     ResponseDone,
     ResponseStart,
     Usage,
 )
 from runtime.turns import TurnRequest
 
-FX = FixtureLibrary().get("openai", "rapid_deltas")
+LIB = FixtureLibrary()
+FX = LIB.get("openai", "rapid_deltas")
+SMALL = LIB.get("openai", "simple_message")
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
@@ -56,8 +60,20 @@ def settled_rss() -> int:
     return rss_kib()
 
 
+async def wait_until(ready: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    with trio.fail_after(timeout_s):
+        while True:
+            if ready():
+                return
+            await trio.sleep(0.05)
+
+
 def rapid_request() -> TurnRequest:
     return TurnRequest(prompt=FX.prompt, provider_id="openai", model=FX.model, tools=[])
+
+
+def small_request() -> TurnRequest:
+    return TurnRequest(prompt=SMALL.prompt, provider_id="openai", model=SMALL.model, tools=[])
 
 
 # ---------------------------------------------------------------------------- fan-out
@@ -70,6 +86,7 @@ class FanoutResult:
     lags_ms: list[float] = field(default_factory=list)
     dropped: int = 0
     seconds: float = 0.0
+    run_id: str = ""
 
 
 async def fanout(rt: CodyRuntime, subscribers: int, wait_s: float = 30.0) -> FanoutResult:
@@ -114,7 +131,43 @@ async def fanout(rt: CodyRuntime, subscribers: int, wait_s: float = 30.0) -> Fan
     for i in range(subscribers):
         assert counts[i] == len(stored), f"subscriber {i}: {counts[i]} of {len(stored)} events"
         assert lasts[i] == stored[-1][0], f"subscriber {i} ended at {lasts[i]}"
-    return FanoutResult(subscribers, len(stored), lags, actor.fanout.dropped_count, seconds)
+    return FanoutResult(subscribers, len(stored), lags, actor.fanout.dropped_count, seconds,
+                        run_id)
+
+
+async def plain_fanout(redis_url: str, prefix: str, subscribers: int, events: list[bytes],
+                       delay_s: float) -> FanoutResult:
+    """Reference: the same events XADDed one by one at the same pace with the same client
+    library, each then sent to ``subscribers`` bare trio memory channels; same lag bookkeeping.
+    """
+    key = f"{prefix}:plainfan:{{{uuid.uuid4()}}}"
+    lags: list[float] = []
+    chans = [trio.open_memory_channel[tuple[str, ...]](4096) for _ in range(subscribers)]
+    counts = [0] * subscribers
+
+    async def consume(i: int, receive: trio.MemoryReceiveChannel[tuple[str, ...]]) -> None:
+        async for batch in receive:
+            now_ms = time.time_ns() / 1e6
+            counts[i] += len(batch)
+            lags.extend(now_ms - int(entry_id.partition("-")[0]) for entry_id in batch)
+
+    start = time.perf_counter()
+    async with coredis.Redis.from_url(redis_url, decode_responses=False) as client:
+        async with trio.open_nursery() as nursery:
+            for i, (_, receive) in enumerate(chans):
+                nursery.start_soon(consume, i, receive)
+            for n, data in enumerate(events):
+                if n:
+                    await trio.sleep(delay_s)
+                entry_id = await client.xadd(key, {b"event": data})
+                batch = (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),)
+                for send, _ in chans:
+                    send.send_nowait(batch)
+            for send, _ in chans:
+                send.close()
+        await client.delete([key])
+    assert all(c == len(events) for c in counts)
+    return FanoutResult(subscribers, len(events), lags, 0, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------- resume
@@ -125,7 +178,7 @@ def build_events(run_id: str, n: int) -> list[bytes]:
     factory = EventFactory(run_id, TRACEPARENT, lambda: time.time_ns() // 1_000_000)
     item_id = f"msg_{run_id}"
     deltas = n - 4
-    payloads = [
+    payloads: list[Payload] = [
         ResponseStart(response_id=run_id, turn_id=str(uuid.uuid4()),
                       thread_id=str(uuid.uuid4()), model_id="gpt-5-mini", provider_id="openai",
                       created_at=int(time.time() * 1000)),
@@ -192,21 +245,31 @@ class MemoryResult:
     per_subscriber_kib: float
 
 
-async def memory(rt: CodyRuntime, *, runs: int = 1000, subscribers: int = 1000) -> MemoryResult:
+async def memory(rt: CodyRuntime, request: TurnRequest, *, runs: int = 1000,
+                 subscribers: int = 1000) -> MemoryResult:
     """RSS growth per live run, then per idle subscriber on one live run. The runtime must
-    be paced slowly enough (replay_delay_s) that every run stays live while measured."""
+    be paced slowly enough (replay_delay_s) that every run stays live while measured.
+
+    The replay provider holds the whole recorded stream of each run split into blocks, so a
+    big fixture (rapid_deltas, 263 KiB) charges each run its size: a live provider does not."""
     base = settled_rss()
-    run_ids = [(await rt.submit(rapid_request())).run_id for _ in range(runs)]
-    with trio.fail_after(60):
-        while any(a.snapshot() is None for rid in run_ids if (a := rt.actors.get(rid))):
-            await trio.sleep(0.05)
+    run_ids = [(await rt.submit(request)).run_id for _ in range(runs)]
+    await wait_until(lambda: all(a.snapshot() is not None for rid in run_ids
+                                 if (a := rt.actors.get(rid))))
     assert all(rid in rt.actors for rid in run_ids), "a run ended while measured"
     with_runs = settled_rss()
     run_id = run_ids[0]
     actor = rt.actors[run_id]
     readers = [await rt.open_reader(run_id, None) for _ in range(subscribers)]
 
+    caught_up = 0
+
     async def idle(reader: RunReader) -> None:
+        nonlocal caught_up
+        # None: replayed what Redis had, subscribed live, nothing new since
+        while await reader.next_batch(0.05) is not None:
+            pass
+        caught_up += 1
         while not reader.done:
             await reader.next_batch(60.0)
 
@@ -214,10 +277,8 @@ async def memory(rt: CodyRuntime, *, runs: int = 1000, subscribers: int = 1000) 
         for reader in readers:
             assert reader is not None
             nursery.start_soon(idle, reader)
-        with trio.fail_after(60):
-            while len(actor.fanout) < subscribers:
-                await trio.sleep(0.05)
-        await trio.sleep(0.2)
+        await wait_until(lambda: caught_up >= subscribers)
+        assert len(actor.fanout) >= subscribers
         with_subs = settled_rss()
         assert run_id in rt.actors, "the run ended while measured"
         nursery.cancel_scope.cancel()
@@ -225,7 +286,7 @@ async def memory(rt: CodyRuntime, *, runs: int = 1000, subscribers: int = 1000) 
         assert reader is not None
         reader.close()
     return MemoryResult(runs, (with_runs - base) / runs, subscribers,
-                        (with_subs - with_runs) / subscribers)
+                        (with_subs - with_runs) / max(1, subscribers))
 
 
 # ---------------------------------------------------------------------------- CPU per event

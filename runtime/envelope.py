@@ -28,7 +28,7 @@ _set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
 _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 _VARIANT = "89ab"
-_POOL_IDS = 512
+_POOL_IDS = 64  # 2 KiB per run; 512 cost 16 KiB per live run for no measurable speed
 
 
 class EventFactory:
@@ -60,7 +60,7 @@ class EventFactory:
         return self._next_seq
 
     def new_event_id(self) -> str:
-        """A random uuid4 string. Random bytes are drawn from ``os.urandom`` 512 ids at a time:
+        """A random uuid4 string. Random bytes are drawn from ``os.urandom`` 64 ids at a time:
         ``str(uuid.uuid4())`` per event costs ~2 us, a quarter of the per-event budget."""
         pos = self._pos
         if pos >= len(self._hex):
