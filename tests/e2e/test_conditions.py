@@ -203,3 +203,20 @@ async def test_er11_two_runs_on_one_thread(server: ServerProcess) -> None:
     async with make_client(server.base_url) as client:
         runs = (await client.get(f"/api/v2/threads/{thread['id']}")).json()["runs"]
     assert len(runs) == 2
+
+
+async def test_keepalive_comments_while_quiet(start_server: StartServer) -> None:
+    server = start_server(CODY_KEEPALIVE_S="0.1", CODY_REPLAY_DELAY_S="0.3")
+    fx = LIBRARY.get("anthropic", "simple_message")
+    with trio.fail_after(60):
+        async with make_client(server.base_url) as client:
+            accepted = await submit(client, prompt=fx.prompt, provider_id="anthropic",
+                                    model=fx.model)
+            body = b""
+            async with client.stream("GET", accepted["events_url"]) as resp:
+                assert resp.headers["content-type"].startswith("text/event-stream")
+                async for chunk in resp.aiter_bytes():
+                    body += chunk
+    assert body.count(b": keep-alive\n\n") >= 3
+    assert body.rstrip().endswith(b"}")  # closed right after the terminal event
+    assert b"event: response_done" in body
