@@ -226,8 +226,12 @@ class CodyRuntime:
             return rebuilt
         if stored is not None:
             return stored
-        if actor is not None:
-            raise NotFound(f"run {run_id} has not started yet", details={"run_id": run_id})
+        if actor is not None:  # accepted, its actor not yet past response_start
+            spec, now = actor.spec, self.clock.now_ms()
+            return Response(id=run_id, turn_id=spec.turn_id, thread_id=spec.thread_id,
+                            agent_id=spec.agent_id, model_id=spec.model_id,
+                            provider_id=spec.provider_id, created_at=now, updated_at=now,
+                            status="queued")
         raise NotFound(f"no run {run_id}", details={"run_id": run_id})
 
     async def rebuild(self, run_id: str) -> Response | None:

@@ -318,3 +318,15 @@ async def test_max_iterations_ends_the_turn(redis_url: str, key_prefix: str,
     assert resp.status == "complete"
     assert resp.finish_reason == "max_iterations"
     assert [i.type for i in resp.output_items][-1] == "function_call_output"
+
+
+async def test_a_run_reads_as_queued_before_it_starts(redis_url: str, key_prefix: str,
+                                                      tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path, replay_delay_s=0.05) as rt:
+            accepted = await rt.submit(turn("openai", "simple_message"))
+            first = await rt.get_response(accepted.run_id)  # right after the 202
+            assert first.status in ("queued", "in_progress")
+            assert first.thread_id == accepted.thread_id
+            await read_all(rt, accepted.run_id)
+            assert (await rt.get_response(accepted.run_id)).status == "complete"
