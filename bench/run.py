@@ -93,6 +93,45 @@ def ms(values: list[float]) -> str:
     return f"{w.pct(values, 50):.2f} / {w.pct(values, 99):.2f}"
 
 
+async def resume_churn(rt: CodyRuntime, target: int) -> tuple[int, int, int]:
+    """Clients that drop after every few events and resume from their last id while their
+    run is live, until ``target`` resumes in all; returns (resumes, lost, duplicated)."""
+    import random
+
+    from runtime.envelope import decode_event
+
+    rng = random.Random(11)
+    resumes = lost = duplicated = 0
+
+    async def client() -> None:
+        nonlocal resumes, lost, duplicated
+        accepted = await rt.submit(w.rapid_request())
+        cursor = "0-0"
+        seqs: list[int] = []
+        while True:
+            reader = await rt.open_reader(accepted.run_id, cursor)
+            if reader is None:
+                break
+            batch = await reader.next_batch(10.0)
+            reader.close()
+            assert batch is not None
+            take = batch[:rng.randint(1, 8)]
+            seqs += [decode_event(e.data).seq for e in take]
+            cursor = take[-1].entry_id
+            resumes += 1
+            if take[-1].terminal:
+                break
+        expected = set(range(1, max(seqs) + 1))
+        lost += len(expected - set(seqs))
+        duplicated += len(seqs) - len(set(seqs))
+
+    while resumes < target:
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(client)
+    return resumes, lost, duplicated
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
@@ -124,6 +163,10 @@ async def main() -> None:
                           w.pct(res.lags_ms, 99) / w.pct(ref.lags_ms, 99))
                 table.add(f"fan-out {n:>4} subs: run wall s (dropped {res.dropped})",
                           f"{res.seconds:.2f}", f"{ref.seconds:.2f}", res.seconds / ref.seconds)
+            # ---------------------------------------------------------- resume churn
+            churn = await resume_churn(rt, target=1000)
+            table.add(f"resume churn: {churn[0]} resumes on live runs, lost/duplicated",
+                      f"{churn[1]} / {churn[2]}", "0 / 0")
         # -------------------------------------------------------------- unpaced
         async with bench.runtime(delay_s=0.0) as rt:
             await cody_run(rt, 1)  # warm up
