@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-TERMINAL_TYPES = frozenset({"response_done", "response_error"})
+from runtime.eventlog import entry_key
+from runtime.schema import TERMINAL_EVENT_TYPES
 
 
 def peek_type(raw: bytes) -> str:
@@ -26,11 +27,6 @@ def peek_type(raw: bytes) -> str:
         return ""
     start += len(marker)
     return raw[start:raw.find(b'"', start)].decode("ascii", errors="replace")
-
-
-def entry_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 @dataclass(slots=True)
@@ -49,7 +45,7 @@ class LogEntry:
 
     @property
     def terminal(self) -> bool:
-        return self.type in TERMINAL_TYPES
+        return self.type in TERMINAL_EVENT_TYPES
 
     @property
     def key(self) -> tuple[int, int]:

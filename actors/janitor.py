@@ -19,7 +19,7 @@ import trio
 from runtime.clock import WallClock
 from runtime.envelope import EventFactory, decode_event, encode_event
 from runtime.ids import new_traceparent
-from runtime.schema import ErrorInfo, ResponseErrorPayload
+from runtime.schema import TERMINAL_EVENT_TYPES, ErrorInfo, ResponseErrorPayload
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Janitor:
             await self._log.unregister_live(run_id)
             return False
         event = decode_event(last[1])
-        if event.type in ("response_done", "response_error"):
+        if event.type in TERMINAL_EVENT_TYPES:
             await self._log.unregister_live(run_id)
             return False
         factory = EventFactory(run_id, event.trace_context.traceparent or new_traceparent(),

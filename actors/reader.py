@@ -18,7 +18,8 @@ from typing import Protocol
 
 import trio
 
-from actors.fanout import Fanout, LogEntry, Subscription, entry_key
+from actors.fanout import Fanout, LogEntry, Subscription
+from runtime.eventlog import entry_key
 
 
 class EventSource(Protocol):

@@ -316,8 +316,7 @@ class RunActor:
         for ev in events:
             self.reducer.apply(ev)
         data = [encode_event(ev) for ev in events]
-        seq = events[-1].seq if (checkpoint or terminal or events[0].type == "response_start") \
-            else None
+        seq = events[-1].seq if checkpoint or terminal else None
         with trio.CancelScope(shield=True):  # a half-written batch would leave a seq gap
             ids = await self._append(data, seq)
         if terminal:

@@ -48,13 +48,13 @@ from runtime.errors import (
     UnknownProvider,
     ValidationFailed,
 )
-from runtime.eventlog import EventLog, open_redis
+from runtime.eventlog import EventLog, entry_key, open_redis
 from runtime.group_commit import GroupCommitter
 from runtime.ids import new_uuid
 from runtime.keys import Keys
 from runtime.redis_server import embedded_redis
 from runtime.reducer import ResponseReducer
-from runtime.schema import TERMINAL_STATUSES, OutputItem, Response
+from runtime.schema import TERMINAL_EVENT_TYPES, TERMINAL_STATUSES, OutputItem, Response
 from runtime.store import SQLiteStore, Thread
 from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise
 from runtime.turns import TurnAccepted, TurnRequest
@@ -270,8 +270,7 @@ class CodyRuntime:
                                         details={"run_id": run_id})
                 raise NotFound(f"no run {run_id}", details={"run_id": run_id})
             last_id, last_type = last
-            if last_type in ("response_done", "response_error") and \
-                    _key(cursor) >= _key(last_id):
+            if last_type in TERMINAL_EVENT_TYPES and entry_key(cursor) >= entry_key(last_id):
                 return None
         return RunReader(self.log, run_id, cursor, find_fanout)
 
@@ -339,11 +338,6 @@ class _ActorLog:
 
     async def set_status(self, run_id: str, status: str) -> None:
         await self._log.set_status(run_id, status)
-
-
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 @asynccontextmanager

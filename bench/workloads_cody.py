@@ -17,11 +17,11 @@ from pathlib import Path
 import coredis
 import trio
 
-from actors.fanout import entry_key
 from actors.providers.fixtures import FixtureLibrary
 from actors.reader import RunReader
 from actors.system import CodyRuntime
 from runtime.envelope import EventFactory, encode_event
+from runtime.eventlog import entry_key
 from runtime.schema import (
     ItemDelta,
     ItemDone,

@@ -56,7 +56,8 @@ def _b(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-def _key(entry_id: str) -> tuple[int, int]:
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a comparable (ms, seq) pair."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
@@ -375,12 +376,12 @@ class EventLog:
             for info in groups:
                 delivered = info.get(b"last-delivered-id")
                 if info.get(b"name") == group.encode() and isinstance(delivered, bytes):
-                    floor = _key(delivered.decode())
+                    floor = entry_key(delivered.decode())
             if floor is None:
                 return 0
             oldest = getattr(summary, "minimum_identifier", None)
             if isinstance(oldest, bytes | str):
-                floor = min(floor, _key(_s(oldest)))
+                floor = min(floor, entry_key(_s(oldest)))
             if floor[0] == 0:
                 return 0
             return await self._w.xtrim(stream, PureToken.MINID, floor[0])

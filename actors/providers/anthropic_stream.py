@@ -50,11 +50,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from actors.providers.fastpath import loads as _loads
+from actors.providers.fastpath import new_delta as _new_delta
 from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
 from runtime.schema import (
     ErrorInfo,
     FunctionCallItem,
-    ItemDelta,
     ItemDone,
     ItemStart,
     MessageItem,
@@ -85,42 +86,6 @@ _TEXT_DELTAS = {
     "input_json_delta": ("tool_use", "partial_json"),
 }
 _INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-_new = object.__new__
-_set = object.__setattr__
-_scan: Callable[[str, int], tuple[Any, int]]
-_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def _loads(data: str) -> Any:
-    """``json.loads`` without its two Python layers (a third of a small event's cost): the
-    C scanner parses the usual compact value; anything unusual (surrounding whitespace,
-    trailing data, bad JSON) goes to ``json.loads`` for its verdict."""
-    try:
-        obj, end = _scan(data, 0)
-    except StopIteration:
-        return json.loads(data)
-    if end != len(data):
-        return json.loads(data)
-    return obj
-
-
-def _new_delta(item_id: str, text: str) -> ItemDelta:
-    """``ItemDelta(item_id=item_id, delta_content=text)`` for values already checked.
-
-    One of these is made per token, so it skips validation, and even ``model_construct``
-    (a loop over the fields that costs three times as much): it sets what
-    ``model_construct`` sets. tests/unit/test_anthropic_stream.py checks that the result
-    equals, dumps and hashes like a validated ``ItemDelta``, so a pydantic upgrade that
-    changes these internals fails loudly.
-    """
-    delta: ItemDelta = _new(ItemDelta)
-    _set(delta, "__dict__", {"type": "item_delta", "item_id": item_id, "delta_content": text})
-    _set(delta, "__pydantic_fields_set__", {"type", "item_id", "delta_content"})
-    _set(delta, "__pydantic_extra__", None)
-    _set(delta, "__pydantic_private__", None)
-    return delta
-
-
 class _Violation(Exception):
     """A known event lacks a field it needs, or has one of the wrong type."""
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import trio
 
-from actors.fanout import Fanout, LogEntry, entry_key, peek_type
+from actors.fanout import Fanout, LogEntry, peek_type
 from actors.reader import RunReader
+from runtime.eventlog import entry_key
 
 
 class MemoryLog:
