@@ -14,7 +14,7 @@ it with ``response_error`` RUN_FAILED, so no Response is ever left ``in_progress
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from actors.providers.provider import ModelProvider, ProviderCall
 from actors.providers.settings import RequestSettings
 from actors.tools import ToolResult, ToolRunner
 from runtime.clock import WallClock
+from runtime.coalesce import coalesce_deltas
 from runtime.envelope import EventFactory, encode_event
 from runtime.errors import RUN_FAILED, CodyError, ProviderError, RedisUnavailable
 from runtime.ids import new_traceparent, prompt_item_id, tool_output_item_id
@@ -98,10 +99,50 @@ class RunLimits:
     max_iterations: int = 50
     append_retries: int = 20
     append_backoff_s: float = 0.25
+    coalesce_max_chars: int = 8192
+    """Adjacent deltas of an item that queued up meanwhile merge up to this size; 0: never."""
+    read_ahead: int = 64
+    """Provider chunks read ahead while an append is in flight (then the reader waits)."""
+    max_round_bytes: int = 262_144
+    """At most this much provider body is fed and appended in one round."""
 
 
 class _Stop(Exception):
     """The turn is over (terminal event emitted)."""
+
+
+async def _read_ahead(body: AsyncIterator[bytes],
+                      send: trio.MemorySendChannel[bytes | Exception]) -> None:
+    """Pull the provider body into ``send``; a failure is passed on as an item, so that the
+    actor raises it itself, in order after the bytes that came before it."""
+    async with send:
+        try:
+            async for chunk in body:
+                if chunk:
+                    await send.send(chunk)
+        except Exception as exc:
+            await send.send(exc)
+
+
+async def _gather(receive: trio.MemoryReceiveChannel[bytes | Exception], max_bytes: int
+                  ) -> tuple[list[bytes], Exception | None]:
+    """Wait for the next chunk, then take what else is already queued, up to ``max_bytes``.
+    No chunks and no error: the body has ended."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        item = await receive.receive()
+        while True:
+            if isinstance(item, Exception):
+                return chunks, item
+            chunks.append(item)
+            size += len(item)
+            if size >= max_bytes:
+                break
+            item = receive.receive_nowait()
+    except (trio.WouldBlock, trio.EndOfChannel):
+        pass
+    return chunks, None
 
 
 class RunActor:
@@ -192,16 +233,37 @@ class RunActor:
         await self._finish("max_iterations")
 
     async def _exchange(self, call: ProviderCall) -> tuple[ResponseDone, list[FunctionCallItem]]:
-        """One model request: stream it through the normaliser into the log."""
+        """One model request: stream it through the normaliser into the log.
+
+        A reader task keeps pulling the provider's body while the actor waits on Redis, and
+        each round the actor takes everything that arrived meanwhile: one normaliser feed, one
+        append, with adjacent deltas merged (runtime/coalesce.py). Idle, that is one chunk
+        per round, so nothing waits; busy, the append round trip is shared by every token
+        that arrived during the previous one."""
         normaliser = NORMALISERS[call.provider_id](call.run_id)
         calls: list[FunctionCallItem] = []
         request_usage: list[Usage] = []
         done: ResponseDone | None = None
-        async with self._provider.stream(call) as body:
-            async for chunk in body:
-                done = await self._absorb(normaliser.feed(chunk), calls, request_usage) or done
-                if normaliser.finished:
-                    break
+        failure: Exception | None = None
+        send, receive = trio.open_memory_channel[bytes | Exception](self._limits.read_ahead)
+        async with self._provider.stream(call) as body, trio.open_nursery() as nursery:
+            nursery.start_soon(_read_ahead, body, send)
+            try:
+                async with receive:
+                    while not normaliser.finished:
+                        chunks, error = await _gather(receive, self._limits.max_round_bytes)
+                        if chunks:
+                            done = await self._absorb(normaliser.feed(b"".join(chunks)),
+                                                      calls, request_usage) or done
+                        if error is not None:
+                            raise error
+                        if not chunks:
+                            break
+            except Exception as exc:  # raised outside the nursery, so not as an ExceptionGroup
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         if not normaliser.finished:
             done = await self._absorb(normaliser.end_of_stream(), calls, request_usage) or done
         if request_usage:
@@ -239,12 +301,14 @@ class RunActor:
                 done = p
             elif isinstance(p, ResponseErrorPayload):
                 out.append(p)
-                await self._emit(out, terminal=True)
+                await self._emit(coalesce_deltas(out, self._limits.coalesce_max_chars),
+                                 terminal=True)
                 raise _Stop
             else:
                 out.append(p)
         if out:
-            await self._emit(out, checkpoint=checkpoint)
+            await self._emit(coalesce_deltas(out, self._limits.coalesce_max_chars),
+                             checkpoint=checkpoint)
         return done
 
     async def _run_tools(self, calls: list[FunctionCallItem]) -> None:

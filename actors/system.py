@@ -187,7 +187,8 @@ class CodyRuntime:
                             output_cap=self.config.tool_output_cap)
         actor = RunActor(spec, log_=self.actor_log, provider=provider, tools=runner,
                          clock=self.clock,
-                         limits=RunLimits(max_iterations=self.config.max_iterations),
+                         limits=RunLimits(max_iterations=self.config.max_iterations,
+                                           coalesce_max_chars=self.config.coalesce_max_chars),
                          subscriber_buffer=self.config.subscriber_buffer)
         self.actors[run_id] = actor  # before it is registered live: the janitor checks here
         try:

@@ -87,6 +87,9 @@ class RuntimeConfig(BaseModel):
 
     # streams, fan-out, persistence
     subscriber_buffer: int = 1024
+    coalesce_max_chars: int = 8192
+    """Deltas of one item that queue up while a run's append is in flight are written as one
+    event of at most this many characters (runtime/coalesce.py); 0 writes one per token."""
     retention_s: int = 86_400
     projector_claim_idle_s: float = 30.0
     projector_block_ms: int = 1000
@@ -145,6 +148,7 @@ class RuntimeConfig(BaseModel):
         put("provider_idle_timeout_s", "CODY_PROVIDER_IDLE_TIMEOUT_S", float)
         put("provider_backoff_base_s", "CODY_PROVIDER_BACKOFF_BASE_S", float)
         put("provider_max_retries", "CODY_PROVIDER_MAX_RETRIES", int)
+        put("coalesce_max_chars", "CODY_COALESCE_MAX_CHARS", int)
         put("default_provider", "CODY_DEFAULT_PROVIDER")
         put("default_model", "CODY_DEFAULT_MODEL")
         if e.get("CODY_EXEC"):

@@ -5,7 +5,9 @@ Starts tests/fake_provider.py's FakeProvider (loopback, streams recorded fixture
 cheap trio + HTTP/1.0 client) exactly as peer_bench.py drives ``langgraph dev``: tokens/s at
 1/10/100 concurrent runs of 1,000 tokens (openai/rapid_deltas: 1,000 one-character deltas),
 first-token time from submit, server CPU per token from /proc/<pid>/stat, and delivery lag for
-200 tokens 10 ms apart. Tokens are ``item_delta`` events.
+200 tokens 10 ms apart. Tokens are the characters of ``item_delta`` events' text (each
+rapid_deltas delta is one character; the actor merges deltas that queue up while it is behind,
+runtime/coalesce.py, so one event may carry many tokens).
 
 Lag is receipt wall time minus the ms of the Redis entry id (the SSE ``id:``), i.e. from the
 XADD that published the token; that id has 1 ms resolution (floored), so lags read 0-1 ms high.
@@ -16,6 +18,7 @@ XADD that published the token; that id has 1 ms resolution (floored), so lags re
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -83,17 +86,19 @@ async def one_run(port: int, prompt: str, *, stop_after: int | None = None,
         buf += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
         while b"\n\n" in buf:
             raw, _, buf = buf.partition(b"\n\n")
-            event, fid = None, None
+            event, fid, data = None, None, b""
             for line in raw.split(b"\n"):
                 if line.startswith(b"event:"):
                     event = line[6:].strip().decode()
                 elif line.startswith(b"id:"):
                     fid = line[3:].strip().decode()
+                elif line.startswith(b"data:"):
+                    data = line[5:]
             if event == "item_delta":
                 now_ms = time.time_ns() / 1e6
                 if res.first_token_s is None:
                     res.first_token_s = time.perf_counter() - t
-                res.tokens += 1
+                res.tokens += len(json.loads(data)["payload"]["delta_content"])
                 if res.lags_ms is not None and fid is not None:
                     res.lags_ms.append(now_ms - int(fid.partition("-")[0]))
                 if stop_after is not None and res.tokens >= stop_after:

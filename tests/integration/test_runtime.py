@@ -330,3 +330,44 @@ async def test_a_run_reads_as_queued_before_it_starts(redis_url: str, key_prefix
             assert first.thread_id == accepted.thread_id
             await read_all(rt, accepted.run_id)
             assert (await rt.get_response(accepted.run_id)).status == "complete"
+
+
+DELTA_EVENT = {"openai": b"event: response.output_text.delta\n",
+               "anthropic": b"event: content_block_delta\n"}
+
+
+def fixture_deltas(provider: str, name: str) -> int:
+    """How many text deltas the provider streamed (one SSE block each)."""
+    return LIBRARY.get(provider, name).exchanges[0].stream.count(DELTA_EVENT[provider])
+
+
+async def test_backlogged_deltas_merge_and_the_response_is_the_same(
+        redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    """Unpaced replay hands the actor 16 KiB of stream at a time, as a socket that filled
+    while the actor waited on Redis would: the deltas in it are written as few events."""
+    for provider in ("openai", "anthropic"):
+        with trio.fail_after(30):
+            async with runtime_for(redis_url, key_prefix, tmp_path) as rt:
+                accepted = await rt.submit(turn(provider, "rapid_deltas"))
+                events = events_of(await read_all(rt, accepted.run_id))
+                deltas = sum(e.type == "item_delta" for e in events)
+                assert 1 <= deltas <= fixture_deltas(provider, "rapid_deltas") // 20
+                assert [e.seq for e in events] == list(range(1, len(events) + 1))
+                expected = LIBRARY.get(provider, "rapid_deltas").expected
+                assert response_view(rebuild(events)) == expected
+                assert response_view(await wait_stored(rt, accepted.run_id)) == expected
+
+
+async def test_merging_off_or_idle_writes_one_event_per_delta(
+        redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    cases = [({"coalesce_max_chars": 0}, "rapid_deltas"),  # off: every delta, even backlogged
+             ({"replay_delay_s": 0.02}, "simple_message")]  # idle: nothing queues up
+    for settings, name in cases:
+        with trio.fail_after(30):
+            async with runtime_for(redis_url, key_prefix, tmp_path, **settings) as rt:
+                accepted = await rt.submit(turn("openai", name))
+                events = events_of(await read_all(rt, accepted.run_id))
+                want = LIBRARY.get("openai", name)
+                deltas = sum(e.type == "item_delta" for e in events)
+                assert deltas == fixture_deltas("openai", name) > 1
+                assert response_view(rebuild(events)) == want.expected
