@@ -33,13 +33,17 @@ class EventSource(Protocol):
 
 class RunReader:
     def __init__(self, source: EventSource, run_id: str, cursor: str,
-                 find_fanout: Callable[[], Fanout | None], *, page: int = 1000) -> None:
+                 find_fanout: Callable[[], Fanout | None], *, page: int = 1000,
+                 first_page: int = 64) -> None:
         self.source = source
         self.run_id = run_id
         self.last_id = cursor or "0-0"
         self._last_key = entry_key(self.last_id)
         self._find_fanout = find_fanout
         self._page = page
+        self._replay_page = min(first_page, page)
+        """Replay starts with a small page, so that a resuming client gets its first events
+        in the time of a small XRANGE rather than a full page's, then doubles to ``page``."""
         self._sub: Subscription | None = None
         self._mode = "replay"
         self.done = False
@@ -70,7 +74,9 @@ class RunReader:
                     fanout = self._find_fanout()
                     if fanout is not None and not fanout.closed:
                         self._sub = fanout.subscribe()
-                raw = await self.source.read_after(self.run_id, self.last_id, self._page)
+                raw = await self.source.read_after(self.run_id, self.last_id,
+                                                   self._replay_page)
+                self._replay_page = min(self._page, self._replay_page * 2)
                 if raw:
                     out = self._accept([LogEntry.from_raw(i, d) for i, d in raw])
                     if out:

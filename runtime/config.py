@@ -88,6 +88,8 @@ class RuntimeConfig(BaseModel):
     # streams, fan-out, persistence
     subscriber_buffer: int = 1024
     coalesce_max_chars: int = 8192
+    slow_step_ms: float = 0.0
+    """Log every trio task step that holds the event loop this long (0: off)."""
     """Deltas of one item that queue up while a run's append is in flight are written as one
     event of at most this many characters (runtime/coalesce.py); 0 writes one per token."""
     retention_s: int = 86_400
@@ -149,6 +151,7 @@ class RuntimeConfig(BaseModel):
         put("provider_backoff_base_s", "CODY_PROVIDER_BACKOFF_BASE_S", float)
         put("provider_max_retries", "CODY_PROVIDER_MAX_RETRIES", int)
         put("coalesce_max_chars", "CODY_COALESCE_MAX_CHARS", int)
+        put("slow_step_ms", "CODY_SLOW_STEP_MS", float)
         put("default_provider", "CODY_DEFAULT_PROVIDER")
         put("default_model", "CODY_DEFAULT_MODEL")
         if e.get("CODY_EXEC"):

@@ -126,3 +126,28 @@ async def test_tail_when_no_actor_is_local() -> None:
             nursery.start_soon(later)
             got = await drain(reader)
     assert got == [i for i, _ in log.entries]
+
+
+async def test_replay_starts_with_a_small_page_then_doubles() -> None:
+    """A resuming client's first events cost one small read, however long the stream."""
+    log = MemoryLog()
+    log.add(2000, terminal=True)
+    asked: list[int] = []
+    read_after = log.read_after
+
+    async def counting(run_id: str, cursor: str, count: int) -> list[tuple[str, bytes]]:
+        asked.append(count)
+        return await read_after(run_id, cursor, count)
+
+    log.read_after = counting  # type: ignore[method-assign]
+    with trio.fail_after(5):
+        reader = RunReader(log, "r", "0-0", lambda: None, page=1000, first_page=64)
+        first = await reader.next_batch(1.0)
+        assert first is not None and len(first) == 64
+        got = len(first)
+        while not reader.done:
+            batch = await reader.next_batch(1.0)
+            assert batch is not None
+            got += len(batch)
+    assert got == 2001
+    assert asked[:5] == [64, 128, 256, 512, 1000]
