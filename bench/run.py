@@ -1,203 +1,394 @@
-"""All Cody benchmarks in one process, one table: workload, our figure, reference, ratio.
+"""Every Cody benchmark in one command and one table: our figure, the reference measured in
+the same run, their ratio, and the issue's target where it sets one.
 
-Workloads (bench/workloads_cody.py, plus bench/pipeline.py's functions):
-  memory    RSS growth per live run (1,000 slow runs) and per idle subscriber (1,000 on one run)
-  fan-out   one paced rapid_deltas run read by 1 / 100 / 1,000 in-process subscribers;
-            every subscriber must get every event; lag = receipt - the entry id's XADD ms
-  resume    open_reader(cursor) → first batch on a 10,000-event stream, cursor at start,
-            middle, end-1; reference: one bare XRANGE of the same page
-  CPU       process CPU / event for 100 unpaced runs, one reader each; reference: the same
-            events through pipelined XADD + XREAD with the same client library
-  pipeline  events/s actor → Redis → subscriber vs plain Redis, 1 and 100 runs
+One process tree, all on this machine (client, servers and Redis share its cores):
+  - this process: the load client (bench/rawhttp.py, trio sockets) and, for the in-process
+    workloads, runtimes opened with ``open_runtime`` on the same Redis;
+  - ``cody serve`` (fresh data dir and key prefix) in live mode, its OpenAI base URL pointed at
+  - bench/token_provider.py, which streams the recorded rapid_deltas framing with generated,
+    timestamped tokens (provider chunk in -> SSE byte out is measured per token);
+  - bench/bare_sse.py, a bare Hypercorn SSE endpoint streaming the same frames: the reference
+    for what Hypercorn and loopback allow;
+  - ``langgraph dev`` (the peer) when the ``bench`` extra is installed, with bench/peer/graph.py.
 
-Memory goes first, so that RSS is not measured in arenas freed by earlier workloads.
+Workloads, in order (memory first, so RSS is not measured in arenas freed by earlier work):
+  memory     RSS growth per live run (1,000 runs) and per idle subscriber (1,000 on one run)
+  fan-out    one paced run read by 1 / 100 / 1,000 in-process subscribers; lag from XADD
+  resume     reconnect with a cursor at start / middle / end of a 10,000-event stream to the
+             first event (the reader, in-process); reference: one XRANGE of the same page
+  CPU/event  process CPU per event, 100 unpaced runs in-process; reference: pipelined
+             XADD + XREAD of the same events with the same client library
+  pipeline   tokens/s provider -> cody serve -> SSE client at 1 / 100 / 1,000 concurrent runs;
+             references: plain Redis (pipelined XADD + XREAD of one event per token) and the
+             bare SSE endpoint; server CPU per token
+  latency    per token, provider send -> SSE receipt, p50/p99/max at 10 and 500 concurrent runs
+             paced 100 ms per token; reference: the bare endpoint at the same load
+  first tok  20 sequential runs: submit -> first token
+  resume     1,000 reconnects with Last-Event-ID on live runs over HTTP: lost / duplicated
+  peer       1 / 10 / 100 runs of 1,000 tokens, first token, lag (200 tokens 10 ms apart) and
+             resume on ``langgraph dev`` next to Cody on the same workloads
 
-    python bench/run.py [--redis redis://127.0.0.1:6379/0]
+    python bench/run.py [--redis redis://127.0.0.1:6379/0] [--no-peer] [--lg-bin PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import coredis
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.system import CodyRuntime, open_runtime
+from actors.providers.replay import split_blocks
+from actors.system import open_runtime
+from api.server import tune_gc
+from bench import http_load as h
 from bench import workloads_cody as w
-from bench.pipeline import FX, cody_run, plain_redis
+from bench.peer import peer_bench as peer
+from bench.pipeline import cody_run, plain_redis
 from runtime.config import RuntimeConfig
+from runtime.envelope import EventFactory, encode_event
+from runtime.schema import ItemDelta
+from tests.e2e.server import ServerProcess, base_env, free_port
 
-Row = tuple[str, str, str, str]
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Table:
     """Rows are printed as they complete, and again together at the end."""
 
     def __init__(self) -> None:
-        self.rows: list[Row] = []
+        self.rows: list[tuple[str, ...]] = []
         self.started = time.perf_counter()
 
     @staticmethod
-    def line(row: Row) -> str:
-        return f"{row[0]:<44} {row[1]:>18} {row[2]:>18} {row[3]:>7}"
+    def line(row: tuple[str, ...]) -> str:
+        return f"{row[0]:<50} {row[1]:>22} {row[2]:>22} {row[3]:>7}  {row[4]}"
 
-    def add(self, name: str, ours: str, ref: str = "", ratio: float | None = None) -> None:
-        row = (name, ours, ref, f"{ratio:.2f}" if ratio is not None else "")
+    def add(self, name: str, ours: str, ref: str = "", ratio: float | None = None,
+            target: str = "") -> None:
+        row = (name, ours, ref, f"{ratio:.2f}" if ratio is not None else "", target)
         self.rows.append(row)
         print(self.line(row), flush=True)
 
+    def section(self, title: str) -> None:
+        self.rows.append((f"-- {title}", "", "", "", ""))
+        print(f"-- {title}", flush=True)
+
     def header(self) -> str:
-        head = self.line(("workload", "ours", "reference", "ratio"))
+        head = self.line(("workload", "ours", "reference", "ratio", "target"))
         return f"{head}\n{'-' * len(head)}"
 
     def dump(self) -> None:
         print(f"\n{self.header()}")
         for row in self.rows:
-            print(self.line(row))
+            print(row[0] if row[0].startswith("--") else self.line(row))
         print(f"(total {time.perf_counter() - self.started:.0f} s)", flush=True)
 
 
-class Bench:
-    def __init__(self, redis_url: str) -> None:
-        self.redis_url = redis_url
-        self.prefix = f"bench-run-{uuid.uuid4().hex[:8]}"
-        self.tmp = Path(f"/tmp/cody-{self.prefix}")
-
-    @asynccontextmanager
-    async def runtime(self, delay_s: float) -> AsyncIterator[CodyRuntime]:
-        cfg = RuntimeConfig(redis_url=self.redis_url, key_prefix=self.prefix,
-                            data_dir=self.tmp, replay_record_requests=False, retention_s=60,
-                            replay_delay_s=delay_s)
-        async with open_runtime(cfg) as rt:
-            yield rt
-
-    async def cleanup(self) -> int:
-        async with coredis.Redis.from_url(self.redis_url, decode_responses=False) as client:
-            keys = [k async for k in client.scan_iter(match=f"{self.prefix}:*", count=1000)]
-            for i in range(0, len(keys), 1000):
-                await client.delete(keys[i:i + 1000])
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        return len(keys)
+def verdict(ok: bool, target: str) -> str:
+    return f"{'met' if ok else 'MISSED'}: {target}"
 
 
-def ms(values: list[float]) -> str:
+def ms3(values: list[float]) -> str:
+    return h.summary(values)
+
+
+def ms2(values: list[float]) -> str:
     return f"{w.pct(values, 50):.2f} / {w.pct(values, 99):.2f}"
 
 
-async def resume_churn(rt: CodyRuntime, target: int) -> tuple[int, int, int]:
-    """Clients that drop after every few events and resume from their last id while their
-    run is live, until ``target`` resumes in all; returns (resumes, lost, duplicated)."""
-    import random
-
-    from runtime.envelope import decode_event
-
-    rng = random.Random(11)
-    resumes = lost = duplicated = 0
-
-    async def client() -> None:
-        nonlocal resumes, lost, duplicated
-        accepted = await rt.submit(w.rapid_request())
-        cursor = "0-0"
-        seqs: list[int] = []
-        while True:
-            reader = await rt.open_reader(accepted.run_id, cursor)
-            if reader is None:
-                break
-            batch = await reader.next_batch(10.0)
-            reader.close()
-            assert batch is not None
-            take = batch[:rng.randint(1, 8)]
-            seqs += [decode_event(e.data).seq for e in take]
-            cursor = take[-1].entry_id
-            resumes += 1
-            if take[-1].terminal:
-                break
-        expected = set(range(1, max(seqs) + 1))
-        lost += len(expected - set(seqs))
-        duplicated += len(seqs) - len(set(seqs))
-
-    while resumes < target:
-        async with trio.open_nursery() as nursery:
-            for _ in range(5):
-                nursery.start_soon(client)
-    return resumes, lost, duplicated
+# ------------------------------------------------------------------------- processes
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
+@contextmanager
+def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{proc.args} did not listen on {port}")
+
+
+class Servers:
+    """token provider, bare endpoint, cody serve (and the peer, on demand)."""
+
+    def __init__(self, stack: ExitStack, redis_url: str, prefix: str, tmp: Path) -> None:
+        self.provider_port = free_port()
+        provider = stack.enter_context(process(
+            ["-m", "bench.token_provider", "--port", str(self.provider_port)],
+            tmp / "token_provider.log"))
+        wait_port(self.provider_port, provider)
+        self.bare_port = free_port()
+        self.bare = stack.enter_context(process(
+            ["-m", "bench.bare_sse", "--port", str(self.bare_port)], tmp / "bare_sse.log"))
+        wait_port(self.bare_port, self.bare)
+        data_dir = tmp / "cody"
+        data_dir.mkdir()
+        env = base_env(CODY_REDIS_URL=redis_url, CODY_KEY_PREFIX=prefix, CODY_REPLAY="0",
+                       CODY_LOG_LEVEL=os.environ.get("CODY_LOG_LEVEL", "error"),
+                       CODY_RETENTION_S="600",
+                       CODY_SLOW_STEP_MS=os.environ.get("CODY_SLOW_STEP_MS", "0"),
+                       OPENAI_API_KEY="sk-bench",
+                       OPENAI_BASE_URL=f"http://{HOST}:{self.provider_port}/v1")
+        self.cody = ServerProcess(data_dir, env).start()
+        stack.callback(self.cody.stop)
+        assert self.cody.proc is not None
+        self.cody_port = self.cody.port
+        self.cody_pid = self.cody.proc.pid
+
+
+# ------------------------------------------------------------------------- in-process
+
+
+class InProcess:
+    def __init__(self, redis_url: str, prefix: str, tmp: Path) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.tmp = tmp
+
+    @asynccontextmanager
+    async def runtime(self, delay_s: float) -> Any:
+        cfg = RuntimeConfig(redis_url=self.redis_url, key_prefix=self.prefix,
+                            data_dir=self.tmp / "inproc", replay_record_requests=False,
+                            retention_s=120, replay_delay_s=delay_s)
+        async with open_runtime(cfg) as rt:
+            yield rt
+
+
+async def in_process(table: Table, ip: InProcess) -> None:
+    tune_gc()  # as cody serve does
+    table.section("in-process runtime on Redis (no HTTP)")
+    async with ip.runtime(delay_s=30.0) as rt:
+        mem = await w.memory(rt, w.small_request())
+        table.add(f"memory: RSS per live run ({mem.runs} runs)", f"{mem.per_run_kib:.1f} KiB")
+        table.add(f"memory: RSS per idle subscriber ({mem.subscribers})",
+                  f"{mem.per_subscriber_kib:.2f} KiB",
+                  target=verdict(mem.per_subscriber_kib <= 64, "<= 64 KiB"))
+    async with ip.runtime(delay_s=0.002) as rt:
+        events = [data for _, data in await rt.log.read_all((await w.fanout(rt, 1)).run_id)]
+        for n in (1, 100, 1000):
+            res = await w.fanout(rt, n)
+            ref = await w.plain_fanout(ip.redis_url, ip.prefix, n, events, 0.002)
+            p99 = w.pct(res.lags_ms, 99)
+            complete = res.dropped == 0
+            table.add(f"fan-out {n:>4} subs: lag p50/p99 ms ({res.events} ev each)",
+                      ms2(res.lags_ms), ms2(ref.lags_ms), p99 / w.pct(ref.lags_ms, 99),
+                      verdict(p99 <= 50 and complete, "all events, p99 <= 50 ms")
+                      if n == 1000 else "")
+    async with ip.runtime(delay_s=0.0) as rt:
+        await cody_run(rt, 1)  # warm up
+        res_r = await w.resume(rt, ip.redis_url)
+        for name in res_r.ours_ms:
+            ours, plain = res_r.ours_ms[name], res_r.plain_ms[name]
+            p99 = w.pct(ours, 99)
+            table.add(f"resume {res_r.events} ev, cursor {name}: p50/p99 ms", ms2(ours),
+                      ms2(plain), p99 / w.pct(plain, 99),
+                      verdict(p99 <= 20, "p99 <= 20 ms"))
+        _, cpu_us_event, _wall = await w.cpu_per_event(rt, 100)
+        delivered, cpu_s = _, cpu_us_event * _ / 1e6
+        provider_events = 100 * len(split_blocks(w.FX.exchanges[0].stream))
+        cpu_us = cpu_s / provider_events * 1e6
+        c0 = time.process_time()
+        p_events, _ = await plain_redis(ip.redis_url, ip.prefix, 100, token_events(1000), 64)
+        ref_us = (time.process_time() - c0) / p_events * 1e6
+        table.add(f"CPU per provider event, 100 runs in-process ({delivered:,} written)",
+                  f"{cpu_us:.1f} us", f"{ref_us:.1f} us", cpu_us / ref_us)
+
+
+# ------------------------------------------------------------------------- over HTTP
+
+
+def token_events(tokens: int) -> list[bytes]:
+    """One encoded item_delta per token, as Cody writes them when nothing merges."""
+    factory = EventFactory(str(uuid.uuid4()), "00-0af7651916cd43dd8448eb211c80319c-"
+                           "b7ad6b7169203331-01", lambda: int(time.time() * 1000))
+    return [encode_event(factory.make(ItemDelta(item_id="msg_1",
+                                                delta_content=f"{time.time_ns() // 1000} ")))
+            for _ in range(tokens)]
+
+
+async def over_http(table: Table, s: Servers, redis_url: str, prefix: str) -> dict[str, Any]:
+    """Returns Cody's token figures for the side-by-side with the peer."""
+    out: dict[str, Any] = {}
+    await h.load(h.cody_stream, s.cody_port, s.cody_pid, 4, 200)  # warm up
+    await h.load(h.bare_stream, s.bare_port, s.bare.pid, 4, 200)
+    table.section("pipeline over HTTP: token provider -> cody serve -> SSE client")
+    for runs, tokens in ((1, 1000), (10, 1000), (100, 1000), (1000, 200)):
+        ours = await h.load(h.cody_stream, s.cody_port, s.cody_pid, runs, tokens)
+        out[str(runs)] = h.as_row(ours)
+        if runs == 10:
+            continue  # for the peer's table only
+        bare = await h.load(h.bare_stream, s.bare_port, s.bare.pid, runs, tokens)
+        p_events, p_secs = await plain_redis(redis_url, prefix, runs, token_events(tokens), 64)
+        plain_rate = p_events / p_secs
+        name = f"pipeline {runs:>4} runs x {tokens} tok: tokens/s"
+        table.add(f"{name} vs plain Redis", f"{ours.tok_s:,.0f}", f"{plain_rate:,.0f}",
+                  ours.tok_s / plain_rate,
+                  verdict(ours.tok_s >= 0.5 * plain_rate, ">= 0.5") if runs == 100 else "")
+        table.add(f"{name} vs bare SSE", f"{ours.tok_s:,.0f}", f"{bare.tok_s:,.0f}",
+                  ours.tok_s / bare.tok_s)
+        table.add("  server CPU per token / SSE frames sent", f"{ours.cpu_us_tok:.1f} us "
+                  f"/ {ours.frames:,}", f"{bare.cpu_us_tok:.1f} us / {bare.frames:,}",
+                  ours.cpu_us_tok / bare.cpu_us_tok if bare.cpu_us_tok else None)
+
+    table.section("latency per token, provider send -> SSE receipt, 100 ms apart, "
+                  "starts spread over 2 s")
+    for runs, tokens in ((10, 50), (500, 50)):
+        ours = await h.load(h.cody_stream, s.cody_port, s.cody_pid, runs, tokens, 100.0,
+                            lag=True, spread_s=2.0)
+        bare = await h.load(h.bare_stream, s.bare_port, s.bare.pid, runs, tokens, 100.0,
+                            lag=True, spread_s=2.0)
+        lo, lb = ours.lags_ms(), bare.lags_ms()
+        added = w.pct(lo, 99) - w.pct(lb, 99)
+        table.add(f"latency {runs:>3} runs: p50/p99/max ms", ms3(lo), ms3(lb),
+                  w.pct(lo, 99) / w.pct(lb, 99),
+                  verdict(added <= 5, f"p99 added {added:.1f} ms <= 5 ms")
+                  if runs == 500 else f"p99 added {added:.1f} ms")
+
+    table.section("first token and resume over HTTP")
+    ftt: list[float] = []
+    for _ in range(20):
+        one = await h.cody_stream(s.cody_port, 10, 0.0)
+        assert one.first_token_s is not None
+        ftt.append(one.first_token_s * 1e3)
+    out["ftt"] = {"p50": w.pct(ftt, 50)}
+    table.add("first token, 20 sequential runs: p50/p99 ms", ms2(ftt),
+              target=verdict(w.pct(ftt, 50) <= 20, "p50 <= 20 ms of submit"))
+    lag = await h.load(h.cody_stream, s.cody_port, s.cody_pid, 1, 200, 10.0, lag=True)
+    out["lag"] = {"p50_ms": w.pct(lag.lags_ms(), 50), "p99_ms": w.pct(lag.lags_ms(), 99)}
+    resumes, lost, dup = await h.resume_churn(s.cody_port, 1000)
+    out["resume"] = {"resumes": resumes, "lost": lost, "dup": dup}
+    table.add(f"resume: {resumes} reconnects on live runs, lost/dup", f"{lost} / {dup}",
+              target=verdict(lost == dup == 0, "0 / 0"))
+    return out
+
+
+# ------------------------------------------------------------------------- the peer
+
+
+async def peer_figures(port: int, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    await peer.wait_ready(port, proc)
+    await peer.one_run(port, await peer.new_thread(port), 50, 0.0)  # warm up
+    out: dict[str, Any] = {}
+    for conc in (1, 10, 100):
+        out[str(conc)] = await peer.throughput(port, proc.pid, conc, 1000)
+    ftts = [(await peer.one_run(port, await peer.new_thread(port), 1, 0.0)).first_token_s
+            or 0.0 for _ in range(10)]
+    out["ftt"] = {"p50": peer.pct(ftts, 0.5) * 1e3}
+    out["lag"] = await peer.lag(port)
+    lost = dup = 0
+    for _ in range(5):
+        rs = await peer.resume(port, 0.0)
+        lost += rs["lost"]
+        dup += rs["dup"]
+    out["resume"] = {"resumes": 5, "lost": lost, "dup": dup}
+    return out
+
+
+def side_by_side(table: Table, cody: dict[str, Any], lg: dict[str, Any]) -> None:
+    table.section("the peer: langgraph dev (in-memory runtime), same token workloads")
+    for conc in ("1", "10", "100"):
+        c, p = cody[conc], lg[conc]
+        ratio = c["tok_s"] / p["tok_s"]
+        table.add(f"peer c={conc:>3} x 1000 tok: tokens/s", f"{c['tok_s']:,.0f}",
+                  f"{p['tok_s']:,.0f}", ratio,
+                  verdict(ratio >= 4, ">= 4x") if conc == "100" else "")
+        cpu = c["cpu_us_tok"] / p["cpu_us_tok"]
+        table.add(f"peer c={conc:>3}: server CPU per token", f"{c['cpu_us_tok']:.1f} us",
+                  f"{p['cpu_us_tok']:.1f} us", cpu,
+                  verdict(cpu <= 0.25, "<= 0.25") if conc == "100" else "")
+        table.add(f"peer c={conc:>3}: first token p50 ms", f"{c['ftt_p50_ms']:.1f}",
+                  f"{p['ftt_p50_ms']:.1f}", c["ftt_p50_ms"] / p["ftt_p50_ms"])
+    table.add("peer: first token, sequential runs, p50 ms", f"{cody['ftt']['p50']:.1f}",
+              f"{lg['ftt']['p50']:.1f}", cody["ftt"]["p50"] / lg["ftt"]["p50"])
+    table.add("peer: lag, 200 tokens 10 ms apart, p50/p99 ms",
+              f"{cody['lag']['p50_ms']:.2f} / {cody['lag']['p99_ms']:.2f}",
+              f"{lg['lag']['p50_ms']:.2f} / {lg['lag']['p99_ms']:.2f}",
+              cody["lag"]["p99_ms"] / lg["lag"]["p99_ms"])
+    cr, pr = cody["resume"], lg["resume"]
+    table.add("peer: resume mid-run, lost/dup (resumes)",
+              f"{cr['lost']} / {cr['dup']} ({cr['resumes']})",
+              f"{pr['lost']} / {pr['dup']} ({pr['resumes']})")
+
+
+# ------------------------------------------------------------------------- main
+
+
+async def cleanup(redis_url: str, prefix: str) -> int:
+    async with coredis.Redis.from_url(redis_url, decode_responses=False) as client:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await client.delete(keys[i:i + 1000])
+    return len(keys)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--no-peer", action="store_true", help="skip langgraph dev")
+    parser.add_argument("--lg-bin", default=None, help="the langgraph command (default: found)")
+    parser.add_argument("--only", choices=("inprocess", "http"), default=None)
     args = parser.parse_args()
-    bench = Bench(args.redis)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    tmp = Path(tempfile.mkdtemp(prefix="cody-bench-"))
     table = Table()
     print(table.header(), flush=True)
+    lg_bin = None if args.no_peer else peer.find_langgraph(args.lg_bin)
     try:
-        # -------------------------------------------------------------- memory
-        async with bench.runtime(delay_s=30.0) as rt:
-            mem = await w.memory(rt, w.small_request())
-            table.add(f"memory: RSS per live run ({mem.runs}, simple_message)",
-                      f"{mem.per_run_kib:.1f} KiB")
-            table.add(f"memory: RSS per idle subscriber ({mem.subscribers})",
-                      f"{mem.per_subscriber_kib:.2f} KiB")
-        async with bench.runtime(delay_s=30.0) as rt:
-            mem = await w.memory(rt, w.rapid_request(), subscribers=0)
-            table.add(f"memory: RSS per live run ({mem.runs}, rapid_deltas)",
-                      f"{mem.per_run_kib:.1f} KiB")
-        # -------------------------------------------------------------- fan-out
-        async with bench.runtime(delay_s=0.002) as rt:
-            events = [data for _, data in await rt.log.read_all(
-                (await w.fanout(rt, 1)).run_id)]
-            for n in (1, 100, 1000):
-                res = await w.fanout(rt, n)
-                ref = await w.plain_fanout(bench.redis_url, bench.prefix, n, events, 0.002)
-                table.add(f"fan-out {n:>4} subs: lag p50/p99 ms ({res.events} ev)",
-                          ms(res.lags_ms), ms(ref.lags_ms),
-                          w.pct(res.lags_ms, 99) / w.pct(ref.lags_ms, 99))
-                table.add(f"fan-out {n:>4} subs: run wall s (dropped {res.dropped})",
-                          f"{res.seconds:.2f}", f"{ref.seconds:.2f}", res.seconds / ref.seconds)
-            # ---------------------------------------------------------- resume churn
-            churn = await resume_churn(rt, target=1000)
-            table.add(f"resume churn: {churn[0]} resumes on live runs, lost/duplicated",
-                      f"{churn[1]} / {churn[2]}", "0 / 0")
-        # -------------------------------------------------------------- unpaced
-        async with bench.runtime(delay_s=0.0) as rt:
-            await cody_run(rt, 1)  # warm up
-            res_r = await w.resume(rt, bench.redis_url)
-            for name in res_r.ours_ms:
-                ours, plain = res_r.ours_ms[name], res_r.plain_ms[name]
-                table.add(f"resume {res_r.events} ev, cursor {name}: p50/p99 ms", ms(ours),
-                          ms(plain), w.pct(ours, 50) / w.pct(plain, 50))
-
-            n_events, cpu_us, _wall = await w.cpu_per_event(rt, 100)
-            sample: list[bytes] = []
-            _, _, sample, _ = await cody_run(rt, 1)
-            batch = max(1, len(sample) // max(1, len(FX.exchanges[0].stream) // 16_384 + 1))
-            c0 = time.process_time()
-            p_events, _ = await plain_redis(bench.redis_url, bench.prefix, 100, sample, batch)
-            ref_us = (time.process_time() - c0) / p_events * 1e6
-            table.add(f"CPU per event, 100 runs unpaced ({n_events:,} ev)", f"{cpu_us:.1f} us",
-                      f"{ref_us:.1f} us", cpu_us / ref_us)
-
-            for n in (1, 100):
-                ev, secs, sample, _ = await cody_run(rt, n)
-                p_events, p_secs = await plain_redis(bench.redis_url, bench.prefix, n, sample,
-                                                     batch)
-                ours_r, ref_r = ev / secs, p_events / p_secs
-                table.add(f"pipeline {n:>3} runs: events/s", f"{ours_r:,.0f}", f"{ref_r:,.0f}",
-                          ours_r / ref_r)
+        if args.only in (None, "inprocess"):
+            trio.run(in_process, table, InProcess(args.redis, prefix, tmp))
+        if args.only in (None, "http"):
+            with ExitStack() as stack:
+                servers = Servers(stack, args.redis, prefix, tmp)
+                cody = trio.run(over_http, table, servers, args.redis, prefix)
+            if lg_bin is None:
+                table.section("the peer: skipped (pip install -e '.[bench]' for langgraph)")
+            else:
+                with peer.peer_server(lg_bin, log_path=tmp / "langgraph.log") as (port, proc):
+                    lg = trio.run(peer_figures, port, proc)
+                side_by_side(table, cody, lg)
     finally:
-        deleted = await bench.cleanup()
-        print(f"(deleted {deleted} Redis keys under {bench.prefix}:)", flush=True)
+        deleted = trio.run(cleanup, args.redis, prefix)
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"(deleted {deleted} Redis keys under {prefix}:)", flush=True)
     table.dump()
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    main()

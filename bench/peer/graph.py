@@ -1,7 +1,7 @@
 """One-node LangGraph graph that streams N tokens: the peer for Cody Core's token benchmarks.
 
 Each token is written with ``get_stream_writer()`` (stream_mode "custom") and carries its
-send time in ns, so the client measures delivery lag the same way bench/sse.py does.
+send time in ns, so the client measures delivery lag as bench/http_load.py does for Cody.
 """
 
 from __future__ import annotations

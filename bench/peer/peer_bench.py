@@ -1,11 +1,11 @@
 """Peer benchmark: LangGraph's API server (``langgraph dev``, in-memory runtime) streaming tokens.
 
-Starts ``langgraph dev`` from a separate venv (it is not a project dependency) on a free port,
+Starts ``langgraph dev`` (the optional ``bench`` extra installs it) on a free port,
 serving bench/peer/graph.py, then drives it with a cheap trio + raw HTTP/1.0 client (httpx
 would measure itself) and prints tokens/s at 1/10/100 concurrent runs, first-token time, server
 CPU per token, delivery lag, and whether a Last-Event-ID rejoin loses or duplicates events.
 
-    python bench/peer/peer_bench.py [--lg-bin /tmp/lg-venv/bin/langgraph] [--n-jobs 10]
+    python bench/peer/peer_bench.py [--lg-bin PATH] [--n-jobs 10]
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,35 +243,57 @@ async def bench(port: int, proc: subprocess.Popen[bytes], n: int) -> None:
               f"lost {rs['lost']} dup {rs['dup']}")
 
 
+def find_langgraph(given: str | None = None) -> str | None:
+    """The ``langgraph`` command: as given, beside this Python (the ``bench`` extra installs
+    it into the project's venv), or on PATH."""
+    for candidate in (given, str(Path(sys.executable).parent / "langgraph"),
+                      shutil.which("langgraph")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+@contextlib.contextmanager
+def peer_server(lg_bin: str, n_jobs: int = 10, allow_blocking: bool = False,
+                log_path: Path = Path("/tmp/peer-langgraph.log")
+                ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``langgraph dev`` serving graph.py on a free port, offline, until the block ends."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGGRAPH_CLOUD_LICENSE_KEY")}
+    env |= {"LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [lg_bin, "dev", "--no-browser", "--no-reload", "--host", HOST, "--port", str(port),
+             "--n-jobs-per-worker", str(n_jobs), "--server-log-level", "WARNING",
+             *(["--allow-blocking"] if allow_blocking else [])],
+            cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield port, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lg-bin", default="/tmp/lg-venv/bin/langgraph")
+    ap.add_argument("--lg-bin", default=None, help="the langgraph command (default: found)")
     ap.add_argument("--n-jobs", type=int, default=10, help="--n-jobs-per-worker (stock: 10)")
     ap.add_argument("--tokens", type=int, default=1000)
     ap.add_argument("--allow-blocking", action="store_true",
                     help="pass --allow-blocking (turns off dev mode's BlockBuster checks)")
     args = ap.parse_args()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGGRAPH_CLOUD_LICENSE_KEY")}
-    env |= {"LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
-    log = Path("/tmp/peer-langgraph.log").open("wb")  # noqa: SIM115 - lives as long as proc
-    proc = subprocess.Popen(
-        [args.lg_bin, "dev", "--no-browser", "--no-reload", "--host", HOST, "--port", str(port),
-         "--n-jobs-per-worker", str(args.n_jobs), "--server-log-level", "WARNING",
-         *(["--allow-blocking"] if args.allow_blocking else [])],
-        cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    lg_bin = find_langgraph(args.lg_bin)
+    if lg_bin is None:
+        sys.exit("langgraph not found: pip install -e '.[bench]'")
+    with peer_server(lg_bin, args.n_jobs, args.allow_blocking) as (port, proc):
         print(f"server pid {proc.pid}, port {port}, n-jobs-per-worker {args.n_jobs}, "
               f"allow-blocking {args.allow_blocking}")
         trio.run(bench, port, proc, args.tokens)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 if __name__ == "__main__":
