@@ -8,7 +8,8 @@ nothing), and only then XACKs. Entries a dead projector left pending are taken o
 XAUTOCLAIM once idle long enough, so a crash loses nothing. Terminal runs get the retention TTL.
 
 A small cache keeps each live run's reducer and cursor, so a long run is read once, not once
-per checkpoint.
+per checkpoint. After a read that found work the projector lingers a moment (``linger_s``) so
+that the checkpoints of many runs, and a short run's three, fold into one store write.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Projector:
     def __init__(self, log_: ProjectorLog, store: ProjectorStore, *, consumer: str,
                  claim_idle_ms: int, block_ms: int, retention_s: int,
                  batch: int = 256, cache_size: int = 4096,
-                 trim_interval_s: float = 30.0) -> None:
+                 trim_interval_s: float = 30.0, linger_s: float = 0.0) -> None:
         self._log = log_
         self._store = store
         self.consumer = consumer
@@ -76,6 +77,7 @@ class Projector:
         self._cache_size = cache_size
         self.persisted = 0
         self._trim_interval_s = trim_interval_s
+        self._linger_s = linger_s
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -91,6 +93,14 @@ class Projector:
                 next_claim = trio.current_time() + max(self._claim_idle_ms / 2000, 0.05)
             checkpoints += await self._log.read_checkpoints(
                 self.consumer, self._batch, 10 if checkpoints else self._block_ms)
+            if checkpoints and self._linger_s > 0 and len(checkpoints) < self._batch:
+                # Nobody waits on the store while a run is live (its actor serves it), so
+                # linger: the checkpoints that come meanwhile, of other runs and of the same
+                # one, fold into this one write, and a starting run's first events do not
+                # queue behind its own persistence.
+                await trio.sleep(self._linger_s)
+                checkpoints += await self._log.read_checkpoints(
+                    self.consumer, self._batch - len(checkpoints), 0)
             if checkpoints:
                 await self.project(checkpoints)
             if trio.current_time() >= next_trim:

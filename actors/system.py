@@ -293,12 +293,15 @@ class CodyRuntime:
         if thread is None:
             raise NotFound(f"no thread {thread_id}", details={"thread_id": thread_id})
         runs = {r.id: r for r in await self.store.list_thread_responses(thread_id)}
-        for actor in list(self.actors.values()):
-            snap = actor.snapshot()
-            # live runs show while running; a finished one shows once the store has it
-            if actor.spec.thread_id == thread_id and snap is not None \
-                    and snap.status not in TERMINAL_STATUSES:
-                runs[snap.id] = snap
+        # live runs show as they are; one that just ended shows ended before the projector
+        # has written it (the store only ever moves forward, so it never shows older)
+        recent = [r for r in self._finished.responses.values() if r.thread_id == thread_id]
+        live = [snap for actor in list(self.actors.values())
+                if actor.spec.thread_id == thread_id and (snap := actor.snapshot()) is not None]
+        for r in [*recent, *live]:
+            stored = runs.get(r.id)
+            if stored is None or stored.status not in TERMINAL_STATUSES:
+                runs[r.id] = r
         return thread, sorted(runs.values(), key=lambda r: r.created_at)
 
     # ------------------------------------------------------------------ lifecycle
@@ -387,7 +390,8 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                 projector = Projector(event_log, store, consumer=f"projector-{node_id}",
                                       claim_idle_ms=int(config.projector_claim_idle_s * 1000),
                                       block_ms=config.projector_block_ms,
-                                      retention_s=config.retention_s)
+                                      retention_s=config.retention_s,
+                                      linger_s=config.projector_linger_ms / 1000)
                 runtime.projector = projector
                 children.append(ChildSpec("projector", projector.run, RestartPolicy.PERMANENT))
             janitor = Janitor(event_log, node_id=node_id, local_runs=runtime.actors,

@@ -74,6 +74,9 @@ class RuntimeConfig(BaseModel):
     provider_max_retries: int = 3
     provider_backoff_base_s: float = 0.5
     provider_backoff_max_s: float = 8.0
+    provider_pools: int = 16
+    """HTTP connection pools to the providers (a run uses one): smaller pools, cheaper
+    bookkeeping per request with hundreds of streams open."""
 
     # tools and turns
     workspace_root: Path = Field(default_factory=Path.cwd)
@@ -95,6 +98,8 @@ class RuntimeConfig(BaseModel):
     retention_s: int = 86_400
     projector_claim_idle_s: float = 30.0
     projector_block_ms: int = 1000
+    projector_linger_ms: int = 50
+    """After finding checkpoints, wait this long for more before writing them all at once."""
     reader_pool_size: int = 64
     writer_pool_size: int = 32
 
@@ -152,6 +157,7 @@ class RuntimeConfig(BaseModel):
         put("provider_max_retries", "CODY_PROVIDER_MAX_RETRIES", int)
         put("coalesce_max_chars", "CODY_COALESCE_MAX_CHARS", int)
         put("slow_step_ms", "CODY_SLOW_STEP_MS", float)
+        put("projector_linger_ms", "CODY_PROJECTOR_LINGER_MS", int)
         put("default_provider", "CODY_DEFAULT_PROVIDER")
         put("default_model", "CODY_DEFAULT_MODEL")
         if e.get("CODY_EXEC"):

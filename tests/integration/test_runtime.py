@@ -371,3 +371,28 @@ async def test_merging_off_or_idle_writes_one_event_per_delta(
                 deltas = sum(e.type == "item_delta" for e in events)
                 assert deltas == fixture_deltas("openai", name) > 1
                 assert response_view(rebuild(events)) == want.expected
+
+
+async def test_projector_lingers_and_folds_a_short_run_into_one_write(
+        redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path,
+                               projector_linger_ms=400) as rt:
+            assert rt.projector is not None
+            accepted = await rt.submit(turn("openai", "simple_message"))
+            stored = await wait_stored(rt, accepted.run_id)
+            assert response_view(stored) == LIBRARY.get("openai", "simple_message").expected
+            assert rt.projector.persisted == 1  # start, prompt and end checkpoints: one write
+
+
+async def test_a_just_finished_run_shows_on_its_thread_before_it_is_stored(
+        redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path,
+                               projector_linger_ms=5000) as rt:
+            accepted = await rt.submit(turn("openai", "simple_message"))
+            await rt.actors[accepted.run_id].finished.wait()
+            assert accepted.run_id not in rt.actors
+            assert await rt.store.get_response(accepted.run_id) is None  # still lingering
+            _, runs = await rt.thread_with_runs(accepted.thread_id)
+            assert [(r.id, r.status) for r in runs] == [(accepted.run_id, "complete")]
