@@ -8,8 +8,10 @@ this on to find them; off (0) it costs nothing, as it is not installed.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
+from typing import Any
 
 from trio.abc import Instrument
 from trio.lowlevel import Task
@@ -23,6 +25,24 @@ class SlowSteps(Instrument):
         self._started = 0.0
         self._task: Task | None = None
         self.slow = 0
+        self._gc_started = 0.0
+
+    def watch_gc(self) -> None:
+        """Also log garbage collections that take this long (they stall the loop too)."""
+        gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._gc_started
+        if took >= self.threshold_s:
+            log.warning("gc of generation %s took %.1f ms (%s collected)",
+                        info.get("generation"), took * 1000, info.get("collected"))
 
     def before_task_step(self, task: Task) -> None:
         self._task = task

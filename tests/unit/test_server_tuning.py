@@ -37,3 +37,15 @@ def test_tune_gc_freezes_startup_objects_and_collects_less_often() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_slow_collections_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    slow = SlowSteps(threshold_ms=0)
+    slow.watch_gc()
+    try:
+        with caplog.at_level(logging.WARNING, logger="cody.slow_steps"):
+            gc.collect()
+    finally:
+        slow.unwatch_gc()
+    assert "gc of generation 2 took" in caplog.text
+    assert slow._on_gc not in gc.callbacks
