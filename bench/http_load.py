@@ -52,6 +52,10 @@ class Stream:
     frames: int = 0
     first_token_s: float | None = None
     lags_ms: list[float] | None = None
+    sent_us: list[int] | None = None
+    """With ``lags_ms``: each token's send time, same order."""
+    started_us: int = 0
+    """Wall time the stream was requested (the submit, for Cody)."""
     seqs: list[int] | None = None
     terminal: bytes | None = None
     last_id: str | None = None
@@ -88,7 +92,10 @@ async def read(chunks: AsyncIterator[bytes], t0: float, res: Stream,
                     res.first_token_s = time.perf_counter() - t0
                 res.tokens += len(stamps)
                 if res.lags_ms is not None:
-                    res.lags_ms += [(now_us - int(s)) / 1000 for s in stamps]
+                    sent = [int(s) for s in stamps]
+                    res.lags_ms += [(now_us - t) / 1000 for t in sent]
+                    if res.sent_us is not None:
+                        res.sent_us += sent
             elif event in TERMINAL:
                 res.terminal = event
                 return res
@@ -102,7 +109,8 @@ async def read(chunks: AsyncIterator[bytes], t0: float, res: Stream,
 
 async def cody_stream(port: int, tokens: int, pace_ms: float, *, lag: bool = False) -> Stream:
     """Submit a turn to ``cody serve`` and read its run to the end; t0 is the submit."""
-    res = Stream(lags_ms=[] if lag else None)
+    res = Stream(lags_ms=[] if lag else None, sent_us=[] if lag else None,
+                 started_us=time.time_ns() // 1000)
     t0 = time.perf_counter()
     status, accepted = await post_json(HOST, port, "/api/v2/runs", {
         "prompt": prompt(tokens, pace_ms), "provider_id": "openai", "model": "gpt-5-mini",
@@ -114,7 +122,8 @@ async def cody_stream(port: int, tokens: int, pace_ms: float, *, lag: bool = Fal
 
 
 async def bare_stream(port: int, tokens: int, pace_ms: float, *, lag: bool = False) -> Stream:
-    res = Stream(lags_ms=[] if lag else None)
+    res = Stream(lags_ms=[] if lag else None, sent_us=[] if lag else None,
+                 started_us=time.time_ns() // 1000)
     t0 = time.perf_counter()
     return await read(get_stream(HOST, port, f"/stream?tokens={tokens}&pace_ms={pace_ms:g}"),
                       t0, res)
@@ -149,8 +158,15 @@ class Load:
     def first_token_ms(self) -> list[float]:
         return [s.first_token_s * 1e3 for s in self.streams if s.first_token_s is not None]
 
-    def lags_ms(self) -> list[float]:
-        return [x for s in self.streams for x in (s.lags_ms or [])]
+    def lags_ms(self, *, steady: bool = False) -> list[float]:
+        """Every token's latency; ``steady``: only tokens sent once every run had started
+        (the runs are then all concurrent, and no submit competes with them)."""
+        if not steady:
+            return [x for s in self.streams for x in (s.lags_ms or [])]
+        all_in = max(s.started_us for s in self.streams)
+        return [lag for s in self.streams
+                for lag, sent in zip(s.lags_ms or [], s.sent_us or [], strict=True)
+                if sent > all_in]
 
 
 async def load(runner: Runner, port: int, pid: int, runs: int, tokens: int,
