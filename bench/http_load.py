@@ -56,6 +56,8 @@ class Stream:
     """With ``lags_ms``: each token's send time, same order."""
     started_us: int = 0
     """Wall time the stream was requested (the submit, for Cody)."""
+    first_token_us: int = 0
+    """Wall time the first token arrived."""
     seqs: list[int] | None = None
     terminal: bytes | None = None
     last_id: str | None = None
@@ -90,6 +92,7 @@ async def read(chunks: AsyncIterator[bytes], t0: float, res: Stream,
                 stamps = m[1].split() if m else []
                 if res.first_token_s is None:
                     res.first_token_s = time.perf_counter() - t0
+                    res.first_token_us = now_us
                 res.tokens += len(stamps)
                 if res.lags_ms is not None:
                     sent = [int(s) for s in stamps]
@@ -159,11 +162,11 @@ class Load:
         return [s.first_token_s * 1e3 for s in self.streams if s.first_token_s is not None]
 
     def lags_ms(self, *, steady: bool = False) -> list[float]:
-        """Every token's latency; ``steady``: only tokens sent once every run had started
-        (the runs are then all concurrent, and no submit competes with them)."""
+        """Every token's latency; ``steady``: only tokens sent once every run was streaming
+        (all runs concurrent, no submit or connection set-up competing with them)."""
         if not steady:
             return [x for s in self.streams for x in (s.lags_ms or [])]
-        all_in = max(s.started_us for s in self.streams)
+        all_in = max(s.first_token_us for s in self.streams)
         return [lag for s in self.streams
                 for lag, sent in zip(s.lags_ms or [], s.sent_us or [], strict=True)
                 if sent > all_in]
