@@ -279,7 +279,7 @@ async def over_http(table: Table, s: Servers, redis_url: str, prefix: str) -> di
 
     table.section("latency per token, provider send -> SSE receipt; starts spread over 2 s, "
                   "'steady' counts tokens sent once every run streams")
-    for runs, tokens, pace_ms in ((10, 50, 100.0), (500, 50, 100.0), (500, 12, 1000.0)):
+    for runs, tokens, pace_ms in ((10, 50, 100.0), (500, 100, 100.0), (500, 12, 1000.0)):
         ours = await h.load(h.cody_stream, s.cody_port, s.cody_pid, runs, tokens, pace_ms,
                             lag=True, spread_s=2.0)
         bare = await h.load(h.bare_stream, s.bare_port, s.bare.pid, runs, tokens, pace_ms,
