@@ -41,8 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ from bench import reducer as hot
 from bench import workloads_cody as w
 from bench.peer import peer_bench as peer
 from bench.pipeline import cody_run, plain_redis
+from bench.processes import process, wait_port
 from runtime.config import RuntimeConfig
 from runtime.envelope import EventFactory, encode_event
 from runtime.schema import ItemDelta
@@ -115,50 +115,20 @@ def ms2(values: list[float]) -> str:
 # ------------------------------------------------------------------------- processes
 
 
-@contextmanager
-def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{proc.args} did not listen on {port}")
-
-
 class Servers:
     """token provider, bare endpoint, cody serve (and the peer, on demand)."""
 
     def __init__(self, stack: ExitStack, redis_url: str, prefix: str, tmp: Path) -> None:
         self.provider_port = free_port()
         provider = stack.enter_context(process(
-            ["-m", "bench.token_provider", "--port", str(self.provider_port)],
-            tmp / "token_provider.log"))
-        wait_port(self.provider_port, provider)
+            [sys.executable, "-m", "bench.token_provider", "--port", str(self.provider_port)],
+            tmp / "token_provider.log", cwd=ROOT))
+        wait_port(HOST, self.provider_port, provider)
         self.bare_port = free_port()
         self.bare = stack.enter_context(process(
-            ["-m", "bench.bare_sse", "--port", str(self.bare_port)], tmp / "bare_sse.log"))
-        wait_port(self.bare_port, self.bare)
+            [sys.executable, "-m", "bench.bare_sse", "--port", str(self.bare_port)],
+            tmp / "bare_sse.log", cwd=ROOT))
+        wait_port(HOST, self.bare_port, self.bare)
         data_dir = tmp / "cody"
         data_dir.mkdir()
         env = base_env(CODY_REDIS_URL=redis_url, CODY_KEY_PREFIX=prefix, CODY_REPLAY="0",

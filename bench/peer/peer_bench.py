@@ -28,6 +28,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.processes import process
 from bench.rawhttp import post_json
 
 HOST = "127.0.0.1"
@@ -262,21 +263,11 @@ def peer_server(lg_bin: str, n_jobs: int = 10, allow_blocking: bool = False,
     env = {k: v for k, v in os.environ.items()
            if k not in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGGRAPH_CLOUD_LICENSE_KEY")}
     env |= {"LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [lg_bin, "dev", "--no-browser", "--no-reload", "--host", HOST, "--port", str(port),
-             "--n-jobs-per-worker", str(n_jobs), "--server-log-level", "WARNING",
-             *(["--allow-blocking"] if allow_blocking else [])],
-            cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield port, proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with process([lg_bin, "dev", "--no-browser", "--no-reload", "--host", HOST, "--port",
+                  str(port), "--n-jobs-per-worker", str(n_jobs), "--server-log-level", "WARNING",
+                  *(["--allow-blocking"] if allow_blocking else [])],
+                 log_path, cwd=HERE, env=env) as proc:
+        yield port, proc
 
 
 def main() -> None:
