@@ -301,14 +301,12 @@ class RunActor:
                 done = p
             elif isinstance(p, ResponseErrorPayload):
                 out.append(p)
-                await self._emit(coalesce_deltas(out, self._limits.coalesce_max_chars),
-                                 terminal=True)
+                await self._emit(out, terminal=True)
                 raise _Stop
             else:
                 out.append(p)
         if out:
-            await self._emit(coalesce_deltas(out, self._limits.coalesce_max_chars),
-                             checkpoint=checkpoint)
+            await self._emit(out, checkpoint=checkpoint)
         return done
 
     async def _run_tools(self, calls: list[FunctionCallItem]) -> None:
@@ -376,6 +374,7 @@ class RunActor:
                     terminal: bool = False) -> None:
         if self._terminal:
             return
+        payloads = coalesce_deltas(payloads, self._limits.coalesce_max_chars)
         events = [self._factory.make(p) for p in payloads]
         for ev in events:
             self.reducer.apply(ev)

@@ -52,9 +52,9 @@ from pydantic import ValidationError
 
 from actors.providers.fastpath import loads as _loads
 from actors.providers.fastpath import new_delta as _new_delta
-from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
+from actors.providers.sse_normaliser import SSENormaliser, Violation, require_dict
+from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION
 from runtime.schema import (
-    ErrorInfo,
     FunctionCallItem,
     ItemDone,
     ItemStart,
@@ -63,11 +63,10 @@ from runtime.schema import (
     Payload,
     ReasoningItem,
     ResponseDone,
-    ResponseErrorPayload,
     Usage,
     UsageUpdate,
 )
-from runtime.sse import SSEDecoder, SSEMessage
+from runtime.sse import SSEMessage
 
 PROVIDER = "anthropic"
 _FINISH_REASONS = {
@@ -86,32 +85,19 @@ _TEXT_DELTAS = {
     "input_json_delta": ("tool_use", "partial_json"),
 }
 _INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-class _Violation(Exception):
-    """A known event lacks a field it needs, or has one of the wrong type."""
-
-    def __init__(self, field: str) -> None:
-        super().__init__(field)
-        self.field = field
 
 
 def _str(obj: dict[str, Any], field: str, path: str, *, empty: bool = True) -> str:
     value = obj.get(field)
     if type(value) is not str or (not empty and not value):
-        raise _Violation(path)
-    return value
-
-
-def _dict(obj: dict[str, Any], field: str) -> dict[str, Any]:
-    value = obj.get(field)
-    if type(value) is not dict:
-        raise _Violation(field)
+        raise Violation(path)
     return value
 
 
 def _index(obj: dict[str, Any]) -> int:
     value = obj.get("index")
     if type(value) is not int or value < 0:
-        raise _Violation("index")
+        raise Violation("index")
     return value
 
 
@@ -120,7 +106,7 @@ def _count(obj: dict[str, Any], field: str, path: str, *, optional: bool) -> int
     if value is None and optional:
         return None
     if type(value) is not int or value < 0:
-        raise _Violation(path)
+        raise Violation(path)
     return value
 
 
@@ -155,16 +141,16 @@ class _Block:
                                 call_id=self.call_id)
 
 
-class AnthropicMessagesNormaliser:
+class AnthropicMessagesNormaliser(SSENormaliser):
     """One Messages API stream in, canonical payloads out (``StreamNormaliser``)."""
 
-    __slots__ = ("_decoder", "_finished", "_handlers", "_ids", "_ignored", "_input",
-                 "_message_id", "_open", "_output", "_response_id", "_stop_reason")
+    __slots__ = ("_handlers", "_ids", "_ignored", "_input", "_message_id", "_open", "_output",
+                 "_stop_reason")
+    PROVIDER = PROVIDER
+    ENDS_WITH = "message_stop"
 
     def __init__(self, response_id: str) -> None:
-        self._response_id = response_id
-        self._decoder = SSEDecoder()
-        self._finished = False
+        super().__init__(response_id)
         self._message_id: str | None = None
         self._open: dict[int, _Block] = {}
         self._ids: dict[int, str] = {}  # every index started, open or not
@@ -182,32 +168,6 @@ class AnthropicMessagesNormaliser:
             "message_stop": self._message_stop,
             "error": self._error,
         }
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def feed(self, data: bytes) -> list[Payload]:
-        out: list[Payload] = []
-        if self._finished:
-            return out
-        for message in self._decoder.feed(data):
-            self._message(message, out)
-            if self._finished:
-                break
-        return out
-
-    def end_of_stream(self) -> list[Payload]:
-        out: list[Payload] = []
-        if self._finished:
-            return out
-        for message in self._decoder.close():
-            self._message(message, out)
-            if self._finished:
-                return out
-        self._fail(out, STREAM_TRUNCATED,
-                   "anthropic stream: the response body ended before message_stop", {})
-        return out
 
     # ------------------------------------------------------------------ dispatch
 
@@ -230,9 +190,9 @@ class AnthropicMessagesNormaliser:
             return
         try:
             if self._message_id is None and kind != "message_start" and kind != "error":
-                raise _Violation("message_start")
+                raise Violation("message_start")
             handler(obj, out)
-        except _Violation as exc:
+        except Violation as exc:
             self._fail(out, SCHEMA_VIOLATION,
                        f"anthropic stream: {kind}: {exc.field!r} missing or of the wrong type",
                        {"event": kind, "field": exc.field})
@@ -243,13 +203,6 @@ class AnthropicMessagesNormaliser:
             self._fail(out, SCHEMA_VIOLATION, f"anthropic stream: {kind}: {exc!r}",
                        {"event": kind})
 
-    def _fail(self, out: list[Payload], code: str, message: str,
-              details: dict[str, Any]) -> None:
-        out.append(ResponseErrorPayload(
-            response_id=self._response_id,
-            error=ErrorInfo(code=code, message=message, details={"provider": PROVIDER, **details})))
-        self._finished = True
-
     def _item_id(self, index: int) -> str:
         """The id of the item at ``index``: the one it was started with, else the text id."""
         item_id = self._ids.get(index)
@@ -258,11 +211,11 @@ class AnthropicMessagesNormaliser:
     # ------------------------------------------------------------------ the message
 
     def _message_start(self, obj: dict[str, Any], out: list[Payload]) -> None:
-        message = _dict(obj, "message")
+        message = require_dict(obj, "message")
         self._message_id = _str(message, "id", "message.id", empty=False)
         usage = message.get("usage")
         if type(usage) is not dict:
-            raise _Violation("message.usage")
+            raise Violation("message.usage")
         self._usage(usage, "message.usage", input_required=True)
 
     def _usage(self, usage: dict[str, Any], path: str, *, input_required: bool) -> None:
@@ -275,12 +228,12 @@ class AnthropicMessagesNormaliser:
         self._output = output or 0
 
     def _message_delta(self, obj: dict[str, Any], out: list[Payload]) -> None:
-        delta = _dict(obj, "delta")
-        usage = _dict(obj, "usage")
+        delta = require_dict(obj, "delta")
+        usage = require_dict(obj, "usage")
         stop_reason = delta.get("stop_reason")
         if stop_reason is not None:
             if type(stop_reason) is not str:
-                raise _Violation("delta.stop_reason")
+                raise Violation("delta.stop_reason")
             self._stop_reason = stop_reason
         self._usage(usage, "usage", input_required=False)
 
@@ -317,7 +270,7 @@ class AnthropicMessagesNormaliser:
 
     def _block_start(self, obj: dict[str, Any], out: list[Payload]) -> None:
         index = _index(obj)
-        block = _dict(obj, "content_block")
+        block = require_dict(obj, "content_block")
         kind = block.get("type")
         if kind == "text" or kind == "thinking":
             item_id = f"{self._message_id}_{index}"
@@ -328,7 +281,7 @@ class AnthropicMessagesNormaliser:
             if kind == "thinking":
                 sig = block.get("signature")
                 if sig is not None and type(sig) is not str:
-                    raise _Violation("content_block.signature")
+                    raise Violation("content_block.signature")
                 b.signature = sig or ""
             out.append(ItemStart(item_id=item_id,
                                  item_type="message" if kind == "text" else "reasoning",
@@ -345,13 +298,13 @@ class AnthropicMessagesNormaliser:
             b.name = _str(block, "name", "content_block.name", empty=False)
             given = block.get("input")
             if given is not None and type(given) is not dict:
-                raise _Violation("content_block.input")
+                raise Violation("content_block.input")
             b.input = given or {}
             out.append(ItemStart(item_id=item_id, item_type="function_call", name=b.name,
                                  call_id=item_id, arguments=""))
         else:
             if type(kind) is not str:
-                raise _Violation("content_block.type")
+                raise Violation("content_block.type")
             self._ignored.add(index)  # server tool blocks and the like: not ours to show
             return
         self._ignored.discard(index)
@@ -361,25 +314,25 @@ class AnthropicMessagesNormaliser:
     def _block_delta(self, obj: dict[str, Any], out: list[Payload]) -> None:
         index = obj.get("index")
         if type(index) is not int or index < 0:
-            raise _Violation("index")
+            raise Violation("index")
         delta = obj.get("delta")
         if type(delta) is not dict:
-            raise _Violation("delta")
+            raise Violation("delta")
         kind = delta.get("type")
         if type(kind) is not str:
-            raise _Violation("delta.type")
+            raise Violation("delta.type")
         block = self._open.get(index)
         spec = _TEXT_DELTAS.get(kind)
         if spec is not None:
             text = delta.get(spec[1])
             if type(text) is not str:
-                raise _Violation(f"delta.{spec[1]}")
+                raise Violation(f"delta.{spec[1]}")
             if block is None:
                 if index not in self._ignored:  # never started: the reducer will say so
                     out.append(_new_delta(self._item_id(index), text))
                 return
             if block.kind != spec[0]:
-                raise _Violation("delta.type")
+                raise Violation("delta.type")
             if text:
                 block.parts.append(text)
                 out.append(_new_delta(block.item_id, text))
@@ -390,7 +343,7 @@ class AnthropicMessagesNormaliser:
                     out.append(_new_delta(self._item_id(index), ""))
                 return
             if block.kind != "thinking":
-                raise _Violation("delta.type")
+                raise Violation("delta.type")
             block.signature = signature
         # citations_delta and delta types added later: nothing to show
 

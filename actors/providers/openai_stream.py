@@ -49,9 +49,9 @@ from pydantic import ValidationError
 from actors.providers.fastpath import loads as _loads
 from actors.providers.fastpath import new_delta as _new_delta
 from actors.providers.fastpath import scan as _scan
-from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
+from actors.providers.sse_normaliser import SSENormaliser, Violation, require_dict
+from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION
 from runtime.schema import (
-    ErrorInfo,
     FunctionCallItem,
     ItemDone,
     ItemStart,
@@ -60,11 +60,10 @@ from runtime.schema import (
     Payload,
     ReasoningItem,
     ResponseDone,
-    ResponseErrorPayload,
     Usage,
     UsageUpdate,
 )
-from runtime.sse import SSEDecoder, SSEMessage
+from runtime.sse import SSEMessage
 
 PROVIDER = "openai"
 _SUMMARY_SEPARATOR = "\n\n"
@@ -77,25 +76,12 @@ _DELTA_EVENTS = frozenset({
     "response.reasoning_text.delta",
     "response.function_call_arguments.delta",
 })
-class _Violation(Exception):
-    """A known event lacks a field it needs, or has one of the wrong type."""
-
-    def __init__(self, field: str) -> None:
-        super().__init__(field)
-        self.field = field
 
 
 def _str(obj: dict[str, Any], field: str, *, empty: bool = True) -> str:
     value = obj.get(field)
     if type(value) is not str or (not empty and not value):
-        raise _Violation(field)
-    return value
-
-
-def _dict(obj: dict[str, Any], field: str) -> dict[str, Any]:
-    value = obj.get(field)
-    if type(value) is not dict:
-        raise _Violation(field)
+        raise Violation(field)
     return value
 
 
@@ -104,14 +90,14 @@ def _list(obj: dict[str, Any], field: str) -> list[Any]:
     if value is None:
         return []
     if type(value) is not list:
-        raise _Violation(field)
+        raise Violation(field)
     return value
 
 
 def _count(obj: dict[str, Any], field: str) -> int:
     value = obj.get(field)
     if type(value) is not int or value < 0:
-        raise _Violation(field)
+        raise Violation(field)
     return value
 
 
@@ -127,23 +113,22 @@ def _texts(parts: list[Any], kinds: dict[str, str], field: str) -> list[str]:
     out: list[str] = []
     for part in parts:
         if type(part) is not dict:
-            raise _Violation(field)
+            raise Violation(field)
         key = kinds.get(part.get("type"))  # type: ignore[arg-type]
         if key is not None:
             out.append(_str(part, key))
     return out
 
 
-class OpenAIResponsesNormaliser:
+class OpenAIResponsesNormaliser(SSENormaliser):
     """One Responses API stream in, canonical payloads out (``StreamNormaliser``)."""
 
-    __slots__ = ("_called", "_decoder", "_finished", "_handlers", "_known", "_refused",
-                 "_response_id", "_summary_parts")
+    __slots__ = ("_called", "_handlers", "_known", "_refused", "_summary_parts")
+    PROVIDER = PROVIDER
+    ENDS_WITH = "a terminal event"
 
     def __init__(self, response_id: str) -> None:
-        self._response_id = response_id
-        self._decoder = SSEDecoder()
-        self._finished = False
+        super().__init__(response_id)
         self._known: set[str] = set()  # items announced by output_item.added
         self._summary_parts: dict[str, int] = {}
         self._called = False  # a function_call item was done
@@ -159,10 +144,6 @@ class OpenAIResponsesNormaliser:
             "response.failed": self._failed,
             "error": self._error,
         }
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
 
     def feed(self, data: bytes) -> list[Payload]:
         out: list[Payload] = []
@@ -191,18 +172,6 @@ class OpenAIResponsesNormaliser:
                 self._message(message, out)
             if self._finished:
                 break
-        return out
-
-    def end_of_stream(self) -> list[Payload]:
-        out: list[Payload] = []
-        if self._finished:
-            return out
-        for message in self._decoder.close():
-            self._message(message, out)
-            if self._finished:
-                return out
-        self._fail(out, STREAM_TRUNCATED,
-                   "openai stream: the response body ended before a terminal event", {})
         return out
 
     # ------------------------------------------------------------------ dispatch
@@ -243,7 +212,7 @@ class OpenAIResponsesNormaliser:
             return
         try:
             handler(obj, out)
-        except _Violation as exc:
+        except Violation as exc:
             self._violation(out, kind, exc.field)
         except ValidationError as exc:  # a final item our schema refuses (e.g. empty name)
             self._fail(out, SCHEMA_VIOLATION, f"openai stream: {kind}: {exc.errors()[0]['msg']}",
@@ -256,17 +225,10 @@ class OpenAIResponsesNormaliser:
                    f"openai stream: {kind}: {field!r} missing or of the wrong type",
                    {"event": kind, "field": field})
 
-    def _fail(self, out: list[Payload], code: str, message: str,
-              details: dict[str, Any]) -> None:
-        out.append(ResponseErrorPayload(
-            response_id=self._response_id,
-            error=ErrorInfo(code=code, message=message, details={"provider": PROVIDER, **details})))
-        self._finished = True
-
     # ------------------------------------------------------------------ items
 
     def _item_added(self, obj: dict[str, Any], out: list[Payload]) -> None:
-        item = _dict(obj, "item")
+        item = require_dict(obj, "item")
         kind = item.get("type")
         if kind not in _ITEM_TYPES:
             return
@@ -297,7 +259,7 @@ class OpenAIResponsesNormaliser:
         _str(obj, "arguments")
 
     def _item_done(self, obj: dict[str, Any], out: list[Payload]) -> None:
-        item = _dict(obj, "item")
+        item = require_dict(obj, "item")
         kind = item.get("type")
         if kind not in _ITEM_TYPES:
             return
@@ -316,7 +278,7 @@ class OpenAIResponsesNormaliser:
                 _texts(_list(item, "content"), {"reasoning_text": "text"}, "content"))
             encrypted = item.get("encrypted_content")
             if encrypted is not None and type(encrypted) is not str:
-                raise _Violation("encrypted_content")
+                raise Violation("encrypted_content")
             final = ReasoningItem(id=item_id, origin="agent", content=text,
                                   encrypted_content=encrypted)
         else:
@@ -333,7 +295,7 @@ class OpenAIResponsesNormaliser:
         if usage is None:
             return
         if type(usage) is not dict:
-            raise _Violation("usage")
+            raise Violation("usage")
         out.append(UsageUpdate(response_id=self._response_id, usage=Usage(
             prompt_tokens=_count(usage, "input_tokens"),
             completion_tokens=_count(usage, "output_tokens"),
@@ -348,7 +310,7 @@ class OpenAIResponsesNormaliser:
         self._finished = True
 
     def _completed(self, obj: dict[str, Any], out: list[Payload]) -> None:
-        response = _dict(obj, "response")
+        response = require_dict(obj, "response")
         output = _list(response, "output")
         called = self._called or any(
             type(i) is dict and i.get("type") == "function_call" for i in output)
@@ -356,7 +318,7 @@ class OpenAIResponsesNormaliser:
         self._done(out, "tool_calls" if called else "refusal" if self._refused else "stop")
 
     def _incomplete(self, obj: dict[str, Any], out: list[Payload]) -> None:
-        response = _dict(obj, "response")
+        response = require_dict(obj, "response")
         details = response.get("incomplete_details")
         reason = details.get("reason") if type(details) is dict else None
         self._usage(response, out)
@@ -366,7 +328,7 @@ class OpenAIResponsesNormaliser:
             self._done(out, "incomplete")
 
     def _failed(self, obj: dict[str, Any], out: list[Payload]) -> None:
-        response = _dict(obj, "response")
+        response = require_dict(obj, "response")
         error = response.get("error")
         code: object = None
         message: object = None
