@@ -30,9 +30,8 @@ from runtime.turns import TurnRequest
 FX = FixtureLibrary().get("openai", "rapid_deltas")
 
 
-async def cody_run(rt: CodyRuntime, n: int) -> tuple[int, float, list[bytes], int]:
-    """Submit n runs, read each to its end; returns events, seconds, one run's events, and
-    the actor's mean batch size."""
+async def cody_run(rt: CodyRuntime, n: int) -> tuple[int, float, list[bytes]]:
+    """Submit n runs, read each to its end; returns events, seconds and one run's events."""
     counts: list[int] = []
     sample: list[bytes] = []
 
@@ -57,7 +56,7 @@ async def cody_run(rt: CodyRuntime, n: int) -> tuple[int, float, list[bytes], in
     async with trio.open_nursery() as nursery:
         for _ in range(n):
             nursery.start_soon(one)
-    return sum(counts), time.perf_counter() - start, sample, 0
+    return sum(counts), time.perf_counter() - start, sample
 
 
 async def plain_redis(url: str, prefix: str, n: int, events: list[bytes],
@@ -110,7 +109,7 @@ async def main() -> None:
     async with open_runtime(cfg) as rt:
         await cody_run(rt, 1)  # warm up
         for n in [int(x) for x in args.runs.split(",")]:
-            events, secs, sample, _ = await cody_run(rt, n)
+            events, secs, sample = await cody_run(rt, n)
             # the actor appends one pipelined batch per provider chunk: match its batch size
             batch = max(1, len(sample) // max(1, len(FX.exchanges[0].stream) // 16_384 + 1))
             p_events, p_secs = await plain_redis(args.redis, prefix, n, sample, batch)

@@ -57,14 +57,25 @@ async def post_json(host: str, port: int, path: str, body: dict[str, Any]
 
 
 async def get_stream(host: str, port: int, path: str,
-                     headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+                     headers: dict[str, str] | None = None, *, method: str = "GET",
+                     body: dict[str, Any] | None = None, strict: bool = False
+                     ) -> AsyncIterator[bytes]:
+    """The response body's chunks as they arrive (the server closes to end it). A status
+    other than 200 ends it empty, or with ``strict`` raises ConnectionError."""
+    head = dict(headers or {})
+    data = b""
+    if body is not None:
+        data = json.dumps(body).encode()
+        head |= {"Content-Type": "application/json", "Content-Length": str(len(data))}
+    extra = "".join(f"{k}: {v}\r\n" for k, v in head.items())
     stream = await _request(host, port, (
-        f"GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/event-stream\r\n{extra}\r\n"
-    ).encode())
+        f"{method} {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+    ).encode() + data)
     async with stream:
         status, _, rest = await _head(stream)
         if status != 200:
+            if strict:
+                raise ConnectionError(f"HTTP {status}: {rest[:300]!r}")
             return
         if rest:
             yield rest

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -109,7 +108,7 @@ def ms3(values: list[float]) -> str:
 
 
 def ms2(values: list[float]) -> str:
-    return f"{w.pct(values, 50):.2f} / {w.pct(values, 99):.2f}"
+    return f"{h.pct(values, 50):.2f} / {h.pct(values, 99):.2f}"
 
 
 # ------------------------------------------------------------------------- processes
@@ -185,10 +184,10 @@ async def in_process(table: Table, ip: InProcess) -> None:
         for n in (1, 100, 1000):
             res = await w.fanout(rt, n)
             ref = await w.plain_fanout(ip.redis_url, ip.prefix, n, events, 0.002)
-            p99 = w.pct(res.lags_ms, 99)
+            p99 = h.pct(res.lags_ms, 99)
             complete = res.dropped == 0
             table.add(f"fan-out {n:>4} subs: lag p50/p99 ms ({res.events} ev each)",
-                      ms2(res.lags_ms), ms2(ref.lags_ms), p99 / w.pct(ref.lags_ms, 99),
+                      ms2(res.lags_ms), ms2(ref.lags_ms), p99 / h.pct(ref.lags_ms, 99),
                       verdict(p99 <= 50 and complete, "all events, p99 <= 50 ms")
                       if n == 1000 else "")
     async with ip.runtime(delay_s=0.0) as rt:
@@ -196,14 +195,13 @@ async def in_process(table: Table, ip: InProcess) -> None:
         res_r = await w.resume(rt, ip.redis_url)
         for name in res_r.ours_ms:
             ours, plain = res_r.ours_ms[name], res_r.plain_ms[name]
-            p99 = w.pct(ours, 99)
+            p99 = h.pct(ours, 99)
             table.add(f"resume {res_r.events} ev, cursor {name}: p50/p99 ms", ms2(ours),
-                      ms2(plain), p99 / w.pct(plain, 99),
+                      ms2(plain), p99 / h.pct(plain, 99),
                       verdict(p99 <= 20, "p99 <= 20 ms"))
-        _, cpu_us_event, _wall = await w.cpu_per_event(rt, 100)
-        delivered, cpu_s = _, cpu_us_event * _ / 1e6
+        delivered, cpu_us_event, _wall = await w.cpu_per_event(rt, 100)
         provider_events = 100 * len(split_blocks(w.FX.exchanges[0].stream))
-        cpu_us = cpu_s / provider_events * 1e6
+        cpu_us = cpu_us_event * delivered / provider_events
         c0 = time.process_time()
         p_events, _ = await plain_redis(ip.redis_url, ip.prefix, 100, token_events(1000), 64)
         ref_us = (time.process_time() - c0) / p_events * 1e6
@@ -256,11 +254,11 @@ async def over_http(table: Table, s: Servers, redis_url: str, prefix: str) -> di
                             lag=True, spread_s=2.0)
         for steady in (False, True):
             lo, lb = ours.lags_ms(steady=steady), bare.lags_ms(steady=steady)
-            added = w.pct(lo, 99) - w.pct(lb, 99)
+            added = h.pct(lo, 99) - h.pct(lb, 99)
             judged = runs == 500 and pace_ms == 100.0 and steady
             table.add(f"latency {runs:>3} runs, {pace_ms / 1000:g} s apart"
                       f"{', steady' if steady else ''}: p50/p99/max ms", ms3(lo), ms3(lb),
-                      w.pct(lo, 99) / w.pct(lb, 99),
+                      h.pct(lo, 99) / h.pct(lb, 99),
                       verdict(added <= 5, f"p99 added {added:.1f} <= 5 ms") if judged
                       else f"p99 added {added:.1f} ms")
 
@@ -270,11 +268,11 @@ async def over_http(table: Table, s: Servers, redis_url: str, prefix: str) -> di
         one = await h.cody_stream(s.cody_port, 10, 0.0)
         assert one.first_token_s is not None
         ftt.append(one.first_token_s * 1e3)
-    out["ftt"] = {"p50": w.pct(ftt, 50)}
+    out["ftt"] = {"p50": h.pct(ftt, 50)}
     table.add("first token, 20 sequential runs: p50/p99 ms", ms2(ftt),
-              target=verdict(w.pct(ftt, 99) <= 20, "within 20 ms of submit (p99)"))
+              target=verdict(h.pct(ftt, 99) <= 20, "within 20 ms of submit (p99)"))
     lag = await h.load(h.cody_stream, s.cody_port, s.cody_pid, 1, 200, 10.0, lag=True)
-    out["lag"] = {"p50_ms": w.pct(lag.lags_ms(), 50), "p99_ms": w.pct(lag.lags_ms(), 99)}
+    out["lag"] = {"p50_ms": h.pct(lag.lags_ms(), 50), "p99_ms": h.pct(lag.lags_ms(), 99)}
     resumes, lost, dup = await h.resume_churn(s.cody_port, 1000)
     out["resume"] = {"resumes": resumes, "lost": lost, "dup": dup}
     table.add(f"resume: {resumes} reconnects on live runs, lost/dup", f"{lost} / {dup}",
@@ -283,25 +281,6 @@ async def over_http(table: Table, s: Servers, redis_url: str, prefix: str) -> di
 
 
 # ------------------------------------------------------------------------- the peer
-
-
-async def peer_figures(port: int, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    await peer.wait_ready(port, proc)
-    await peer.one_run(port, await peer.new_thread(port), 50, 0.0)  # warm up
-    out: dict[str, Any] = {}
-    for conc in (1, 10, 100):
-        out[str(conc)] = await peer.throughput(port, proc.pid, conc, 1000)
-    ftts = [(await peer.one_run(port, await peer.new_thread(port), 1, 0.0)).first_token_s
-            or 0.0 for _ in range(10)]
-    out["ftt"] = {"p50": peer.pct(ftts, 0.5) * 1e3}
-    out["lag"] = await peer.lag(port)
-    lost = dup = 0
-    for _ in range(5):
-        rs = await peer.resume(port, 0.0)
-        lost += rs["lost"]
-        dup += rs["dup"]
-    out["resume"] = {"resumes": 5, "lost": lost, "dup": dup}
-    return out
 
 
 def side_by_side(table: Table, cody: dict[str, Any], lg: dict[str, Any]) -> None:
@@ -364,7 +343,7 @@ def main() -> None:
                 table.section("the peer: skipped (pip install -e '.[bench]' for langgraph)")
             else:
                 with peer.peer_server(lg_bin, log_path=tmp / "langgraph.log") as (port, proc):
-                    lg = trio.run(peer_figures, port, proc)
+                    lg = trio.run(peer.figures, port, proc)
                 side_by_side(table, cody, lg)
     finally:
         deleted = trio.run(cleanup, args.redis, prefix)

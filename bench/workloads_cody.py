@@ -40,13 +40,6 @@ SMALL = LIB.get("openai", "simple_message")
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
 def rss_kib() -> int:
     """Resident set size from /proc (what the OS charges us, allocator slack included)."""
     for line in Path("/proc/self/status").read_text().splitlines():

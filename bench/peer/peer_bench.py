@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,12 +27,13 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.http_load import cpu_seconds, pct
 from bench.processes import process
-from bench.rawhttp import post_json
+from bench.rawhttp import get_stream, post_json
+from tests.e2e.server import free_port
 
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -50,19 +50,6 @@ class RunResult:
     ids: list[int] = field(default_factory=list)
     lags_ms: list[float] = field(default_factory=list)
     last_event_id: str | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of the server process (all its threads), from /proc: no psutil needed."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def parse_frame(raw: bytes) -> Frame | None:
@@ -84,34 +71,14 @@ def parse_frame(raw: bytes) -> Frame | None:
 async def sse(method: str, port: int, path: str, body: dict[str, Any] | None = None,
               headers: dict[str, str] | None = None) -> AsyncIterator[Frame]:
     """Stream one request's SSE frames over HTTP/1.0 (the server closes to end the body)."""
-    data = json.dumps(body).encode() if body is not None else b""
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    if body is not None:
-        extra += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-    stream = await trio.open_tcp_stream(HOST, port)
-    async with stream:
-        await stream.send_all((f"{method} {path} HTTP/1.0\r\nHost: {HOST}\r\n"
-                               f"Accept: text/event-stream\r\n{extra}\r\n").encode() + data)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                raise ConnectionError("closed before the response head")
-            buf += chunk
-        head, _, buf = buf.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        if status != 200:
-            raise ConnectionError(f"HTTP {status}: {buf[:300]!r}")
-        while True:
-            buf = buf.replace(b"\r\n", b"\n")
-            while b"\n\n" in buf:
-                raw, _, buf = buf.partition(b"\n\n")
-                if (frame := parse_frame(raw)) is not None:
-                    yield frame
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            buf += chunk
+    buf = b""
+    async for chunk in get_stream(HOST, port, path, headers, method=method, body=body,
+                                  strict=True):
+        buf = (buf + chunk).replace(b"\r\n", b"\n")
+        while b"\n\n" in buf:
+            raw, _, buf = buf.partition(b"\n\n")
+            if (frame := parse_frame(raw)) is not None:
+                yield frame
 
 
 async def new_thread(port: int) -> str:
@@ -158,11 +125,6 @@ async def one_run(port: int, thread: str, n: int, delay: float) -> RunResult:
     return res
 
 
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
 async def throughput(port: int, pid: int, conc: int, n: int) -> dict[str, float]:
     threads: list[str] = []
     for _ in range(conc):
@@ -180,12 +142,12 @@ async def throughput(port: int, pid: int, conc: int, n: int) -> dict[str, float]
     tokens = conc * n
     ftt = [r.first_token_s for r in results if r.first_token_s is not None]
     return {"tok_s": tokens / wall, "wall_s": wall, "cpu_us_tok": cpu / tokens * 1e6,
-            "ftt_p50_ms": pct(ftt, 0.5) * 1e3, "ftt_max_ms": max(ftt) * 1e3}
+            "ftt_p50_ms": pct(ftt, 50) * 1e3, "ftt_max_ms": max(ftt) * 1e3}
 
 
 async def lag(port: int, n: int = 200, delay: float = 0.01) -> dict[str, float]:
     res = await one_run(port, await new_thread(port), n, delay)
-    return {"p50_ms": pct(res.lags_ms, 0.5), "p99_ms": pct(res.lags_ms, 0.99),
+    return {"p50_ms": pct(res.lags_ms, 50), "p99_ms": pct(res.lags_ms, 99),
             "ftt_ms": (res.first_token_s or 0.0) * 1e3}
 
 
@@ -220,28 +182,38 @@ async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
                 await trio.sleep(0.25)
 
 
-async def bench(port: int, proc: subprocess.Popen[bytes], n: int) -> None:
+async def figures(port: int, proc: subprocess.Popen[bytes], n: int = 1000,
+                  resumes: int = 5) -> dict[str, Any]:
+    """The peer's figures on the token workloads, as bench/run.py tabulates them."""
     await wait_ready(port, proc)
     await one_run(port, await new_thread(port), 50, 0.0)  # warm-up: graph load, first run
+    out: dict[str, Any] = {str(conc): await throughput(port, proc.pid, conc, n)
+                           for conc in (1, 10, 100)}
+    ftts = [(await one_run(port, await new_thread(port), 1, 0.0)).first_token_s or 0.0
+            for _ in range(10)]
+    out["ftt"] = {"p50": pct(ftts, 50) * 1e3}
+    out["lag"] = await lag(port)
+    rejoins = [await resume(port, 0.0) for _ in range(resumes)]
+    out["resume"] = {"resumes": resumes, "lost": sum(r["lost"] for r in rejoins),
+                     "dup": sum(r["dup"] for r in rejoins)}
+    return out
+
+
+async def bench(port: int, proc: subprocess.Popen[bytes], n: int) -> None:
+    f = await figures(port, proc, n)
     print(f"langgraph dev (in-memory runtime), {n} tokens per run, delay 0")
     print(f"{'conc':>5} {'tok/s':>9} {'wall s':>7} {'CPU us/tok':>10} "
           f"{'1st tok p50 ms':>14} {'1st tok max ms':>14}")
     for conc in (1, 10, 100):
-        r = await throughput(port, proc.pid, conc, n)
+        r = f[str(conc)]
         print(f"{conc:>5} {r['tok_s']:>9.0f} {r['wall_s']:>7.2f} {r['cpu_us_tok']:>10.1f} "
               f"{r['ftt_p50_ms']:>14.1f} {r['ftt_max_ms']:>14.1f}")
-    ftts = [(await one_run(port, await new_thread(port), 1, 0.0)).first_token_s or 0.0
-            for _ in range(10)]
-    print(f"first token, 10 sequential 1-token runs: p50 {pct(ftts, 0.5) * 1e3:.0f} ms"
-          f"  min {min(ftts) * 1e3:.0f} ms  max {max(ftts) * 1e3:.0f} ms")
-    lg = await lag(port)
-    print(f"lag, 200 tokens 10 ms apart: p50 {lg['p50_ms']:.2f} ms  p99 {lg['p99_ms']:.2f} ms"
-          f"  first token {lg['ftt_ms']:.1f} ms")
-    for wait_s in (0.0, 3.0):
-        rs = await resume(port, wait_s)
-        print(f"resume (cut at 50 of 200, rejoin after {wait_s:.0f} s, Last-Event-ID "
-              f"{rs['last_id']}): before {rs['before']} after {rs['after']} "
-              f"lost {rs['lost']} dup {rs['dup']}")
+    print(f"first token, 10 sequential 1-token runs: p50 {f['ftt']['p50']:.0f} ms")
+    print(f"lag, 200 tokens 10 ms apart: p50 {f['lag']['p50_ms']:.2f} ms  "
+          f"p99 {f['lag']['p99_ms']:.2f} ms")
+    rs = f["resume"]
+    print(f"resume (cut at 50 of 200, rejoin at once), {rs['resumes']} times: "
+          f"lost {rs['lost']} dup {rs['dup']}")
 
 
 def find_langgraph(given: str | None = None) -> str | None:
