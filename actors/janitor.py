@@ -18,12 +18,11 @@ import trio
 
 from runtime.clock import WallClock
 from runtime.envelope import EventFactory, decode_event, encode_event
+from runtime.errors import RUN_ORPHANED
 from runtime.ids import new_traceparent
 from runtime.schema import TERMINAL_EVENT_TYPES, ErrorInfo, ResponseErrorPayload
 
 log = logging.getLogger(__name__)
-
-RUN_ORPHANED = "RUN_ORPHANED"
 
 
 class JanitorLog(Protocol):

@@ -13,8 +13,10 @@ boundary where they occur, so the rest of the code sees only these::
     ├── Conflict                      409 CONFLICT
     ├── StreamExpired                 410 STREAM_EXPIRED
     ├── PayloadTooLarge               413 PAYLOAD_TOO_LARGE
-    ├── RedisUnavailable              503 REDIS_UNAVAILABLE
-    ├── StoreUnavailable              503 STORE_UNAVAILABLE
+    ├── RedisUnavailable              503 REDIS_UNAVAILABLE  (infrastructure)
+    ├── StoreUnavailable              503 STORE_UNAVAILABLE  (infrastructure)
+    ├── ShuttingDown                  503 SHUTTING_DOWN
+    ├── SupervisorGaveUp              500 SUPERVISOR_GAVE_UP (takes the process down)
     ├── EventOrderError               500 EVENT_ORDER_ERROR  (event before response_start)
     ├── ProviderError                 502 PROVIDER_ERROR     (code: the provider's own)
     └── ToolError                     500 TOOL_ERROR         (becomes success=false output)
@@ -28,6 +30,10 @@ from typing import Any
 class CodyError(Exception):
     code: str = "INTERNAL_ERROR"
     status: int = 500
+    infrastructure: bool = False
+    """A dependency (Redis, the store) is down: retry later; never counted as a crash."""
+    retry_after_s: int | None = None
+    """For a 503: the ``Retry-After`` the API sends."""
 
     def __init__(self, message: str, *, code: str | None = None,
                  details: dict[str, Any] | None = None) -> None:
@@ -87,11 +93,30 @@ class PayloadTooLarge(CodyError):
 class RedisUnavailable(CodyError):
     code = "REDIS_UNAVAILABLE"
     status = 503
+    infrastructure = True
+    retry_after_s = 2
 
 
 class StoreUnavailable(CodyError):
     code = "STORE_UNAVAILABLE"
     status = 503
+    infrastructure = True
+    retry_after_s = 2
+
+
+class ShuttingDown(CodyError):
+    """The server is draining: a new run would be aborted at once, so none is accepted."""
+
+    code = "SHUTTING_DOWN"
+    status = 503
+    retry_after_s = 5
+
+
+class SupervisorGaveUp(CodyError):
+    """A worker crashed more than ``max_restarts`` times within ``period_s``."""
+
+    code = "SUPERVISOR_GAVE_UP"
+    status = 500
 
 
 class EventOrderError(CodyError):
@@ -124,3 +149,12 @@ RUN_FAILED = "RUN_FAILED"
 MALFORMED_CHUNK = "MALFORMED_CHUNK"
 SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
 STREAM_TRUNCATED = "STREAM_TRUNCATED"
+RUN_ORPHANED = "RUN_ORPHANED"
+"""A run whose actor is gone (its node died, or it gave up on a Redis outage)."""
+REDIS_ERROR = "REDIS_ERROR"
+"""A Redis error that is a bug (wrong type, syntax), not an outage: never retried."""
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """Whether ``exc`` means "a dependency is down" (retry later) rather than a bug."""
+    return isinstance(exc, CodyError) and exc.infrastructure

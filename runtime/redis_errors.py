@@ -19,9 +19,7 @@ import anyio
 import trio
 from coredis import exceptions as cx
 
-from runtime.errors import CodyError, RedisUnavailable
-
-REDIS_ERROR = "REDIS_ERROR"
+from runtime.errors import REDIS_ERROR, CodyError, RedisUnavailable
 
 #: Errors that mean the server cannot be reached or cannot serve right now.
 UNAVAILABLE: tuple[type[BaseException], ...] = (

@@ -16,6 +16,13 @@ window of ``period_s`` on ``trio.current_time()``, across all children as in OTP
 ``max_restarts`` in the window and the supervisor gives up: it cancels the other children and
 raises :class:`SupervisorGaveUp`, chained from the last child's exception. Loudly, on purpose:
 a worker that cannot stay up must take the process down, not fail silently.
+
+An outage is not a crash. A child that fails with an infrastructure error (Redis or the store
+unavailable: :func:`~runtime.errors.is_infrastructure`) is restarted after a capped, jittered
+backoff *without* counting toward the restart intensity, for as long as the outage lasts: a
+server must outlive its Redis, not give up one second into a restart of it. A child whose
+first start fails that way is reported started anyway, so the rest of the server (the HTTP
+listener answering ``503``) comes up and the child joins once the dependency is back.
 """
 
 from __future__ import annotations
@@ -30,16 +37,12 @@ from typing import Protocol
 
 import trio
 
-from runtime.errors import CodyError
+from runtime.errors import SupervisorGaveUp, is_infrastructure
 
 log = logging.getLogger(__name__)
 
-
-class SupervisorGaveUp(CodyError):
-    """A child failed more than ``max_restarts`` times within ``period_s``."""
-
-    code = "SUPERVISOR_GAVE_UP"
-    status = 500
+__all__ = ["ChildFn", "ChildSpec", "RestartPolicy", "SupervisorGaveUp", "SupervisorOptions",
+           "supervise"]
 
 
 class RestartPolicy(enum.Enum):
@@ -76,14 +79,18 @@ class SupervisorOptions:
     """Each delay is scaled by a random factor in [1 - jitter, 1 + jitter] (then capped)."""
     rng: random.Random = field(default_factory=random.Random)
     """Seed it for reproducible delays."""
+    outage_backoff_max_s: float = 2.0
+    """Cap of the delay between retries of a child waiting out an outage: small, so that
+    it is back within seconds of its dependency."""
 
-    def backoff(self, attempt: int) -> float:
+    def backoff(self, attempt: int, cap_s: float | None = None) -> float:
         """The delay before restart number ``attempt`` (1-based) of one child."""
+        cap = self.backoff_max_s if cap_s is None else cap_s
         doublings = min(max(attempt - 1, 0), 64)  # bounded: 2.0 ** 1024 overflows
-        delay = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** doublings)
+        delay = min(cap, self.backoff_base_s * 2.0 ** doublings)
         if self.jitter:
             delay *= 1 + self.rng.uniform(-self.jitter, self.jitter)
-        return max(0.0, min(delay, self.backoff_max_s))
+        return max(0.0, min(delay, cap))
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -114,12 +121,16 @@ async def _keep(spec: ChildSpec, options: SupervisorOptions, intensity: _Intensi
     """Run one child for as long as its policy says, restarting it with backoff."""
     reported = False
     attempt = 0
+    waiting = 0  # consecutive infrastructure failures
     while True:
         began = trio.current_time()
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(spec.fn)
+                if waiting:  # it could start, so what it waited for is back
+                    log.warning("supervisor: %s is back after %d retries", spec.name, waiting)
+                    waiting = 0
                 if not reported:
                     task_status.started()
                     reported = True
@@ -129,6 +140,17 @@ async def _keep(spec: ChildSpec, options: SupervisorOptions, intensity: _Intensi
             log.info("supervisor: %s finished", spec.name)
             break
         cause = _unwrap(failure) if failure is not None else None
+        if cause is not None and is_infrastructure(cause):
+            waiting += 1
+            delay = options.backoff(waiting, options.outage_backoff_max_s)
+            (log.warning if waiting == 1 else log.info)(
+                "supervisor: %s is waiting for a dependency (%s); retry %d in %.2f s",
+                spec.name, cause, waiting, delay)
+            if not reported:
+                task_status.started()
+                reported = True
+            await trio.sleep(delay)
+            continue
         if spec.policy is RestartPolicy.TEMPORARY:
             log.error("supervisor: temporary child %s failed; not restarting", spec.name,
                       exc_info=cause)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import trio
 
-from actors.janitor import RUN_ORPHANED, Janitor
+from actors.janitor import Janitor
 from actors.projector import Projector
 from runtime.clock import FixedClock
 from runtime.envelope import EventFactory, decode_event, encode_event
+from runtime.errors import RUN_ORPHANED
 from runtime.eventlog import EventLog, open_redis
 from runtime.ids import new_traceparent, new_uuid
 from runtime.keys import Keys
