@@ -6,7 +6,9 @@ so a restart finds every stream and the persistence queue where they were.
 
 The child is started in its own session, so a Ctrl-C in the terminal reaches ``cody`` but not
 Redis: the runtime drains its runs (which need Redis) and then stops Redis itself. On Linux the
-child also gets ``PR_SET_PDEATHSIG``, so even a ``kill -9`` of ``cody`` leaves no orphan.
+child also gets ``PR_SET_PDEATHSIG``, so even a ``kill -9`` of ``cody`` leaves no orphan; it is
+forked from the trio thread, never from a worker thread, whose exit would fire that signal.
+If it dies anyway it is restarted on the same socket and AOF (:class:`EmbeddedRedis`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -115,8 +118,12 @@ async def _ping(sock: Path) -> str | None:
     return reply.strip().decode(errors="replace")
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies."""
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits, not the
+    process; so the child must be forked by a thread that lives as long as the process (see
+    :func:`_spawn`). If the parent died before the ``prctl``, the child exits at once."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -127,8 +134,45 @@ def _die_with_parent() -> Callable[[], None] | None:
 
     def preexec() -> None:
         prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
 
     return preexec
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Fork and exec ``redis-server`` from the calling thread, which must be the one running
+    trio: that thread lives as long as the process, so the child's ``PR_SET_PDEATHSIG`` fires
+    exactly when ``cody`` dies (kill -9 included). ``trio.lowlevel.open_process`` would fork
+    from a worker thread, and trio's idle worker threads exit after ~10 s, which used to kill
+    the embedded Redis ten seconds into an idle server. A fork takes a few milliseconds of the
+    event loop, once at start and once per restart."""
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_file,
+                                stderr=log_file, start_new_session=True,
+                                preexec_fn=_die_with_parent(os.getpid()))
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for ``proc`` to exit without a thread: a pidfd on Linux, polling elsewhere."""
+    if proc.poll() is not None:
+        return proc.returncode
+    pidfd: int | None = None
+    if hasattr(os, "pidfd_open"):
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except OSError:
+            pidfd = None
+    try:
+        while proc.poll() is None:
+            if pidfd is not None:
+                await trio.lowlevel.wait_readable(pidfd)
+            else:
+                await trio.sleep(0.05)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return proc.returncode
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -185,69 +229,152 @@ async def _shutdown_command(sock: Path) -> None:
                 pass
 
 
-async def _stop(proc: trio.Process, sock: Path, stop_timeout_s: float) -> None:
+async def _stop(proc: subprocess.Popen[bytes], sock: Path, stop_timeout_s: float) -> None:
     """SHUTDOWN NOSAVE, then SIGTERM, then SIGKILL, each only if the one before failed."""
-    if proc.returncode is None:
+    if proc.poll() is None:
         await _shutdown_command(sock)
         with trio.move_on_after(1):
-            await proc.wait()
-    if proc.returncode is None:
+            await _wait_exit(proc)
+    if proc.poll() is None:
         proc.terminate()
         with trio.move_on_after(stop_timeout_s):
-            await proc.wait()
-    if proc.returncode is None:
+            await _wait_exit(proc)
+    if proc.poll() is None:
         log.warning("embedded redis-server (pid %d) ignored SIGTERM; killing it", proc.pid)
         proc.kill()
-        await proc.wait()
+        await _wait_exit(proc)
+
+
+class EmbeddedRedis:
+    """One data dir's ``redis-server``, kept up: if it dies anyway (the OOM killer, a
+    signal, a crash) it is started again on the same socket and AOF, after a capped backoff,
+    and the clients' pools reconnect by themselves. It gives up (raising
+    :class:`RedisUnavailable`, which takes the server down with one clear line) only when
+    ``max_failed_starts`` starts in a row fail."""
+
+    def __init__(self, layout: _Layout, *, start_timeout_s: float, stop_timeout_s: float,
+                 backoff_max_s: float = 5.0, max_failed_starts: int = 5) -> None:
+        self._lay = layout
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._backoff_max_s = backoff_max_s
+        self._max_failed_starts = max_failed_starts
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self._lay.sock}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def _start(self) -> None:
+        lay = self._lay
+        await trio.to_thread.run_sync(_remove_socket_file, lay.sock)  # left over from a crash
+        proc = self._proc = _spawn(server_args(lay.binary, lay.data_dir, lay.sock),
+                                   lay.log_path)
+        log.info("embedded redis-server pid %d on %s (data in %s)", proc.pid, lay.sock,
+                 lay.data_dir)
+        with trio.move_on_after(self._start_timeout_s):
+            while True:
+                if proc.poll() is not None:
+                    raise RedisUnavailable(
+                        f"embedded redis-server exited with code {proc.returncode} at start; "
+                        f"its log ({lay.log_path}) ends:\n{_log_tail(lay.log_path)}",
+                        details={"exit_code": proc.returncode})
+                if await _ping(lay.sock) == "+PONG":
+                    return
+                await trio.sleep(0.02)
+        proc.kill()
+        await _wait_exit(proc)
+        raise RedisUnavailable(f"embedded redis-server did not answer within "
+                               f"{self._start_timeout_s:g} s; its log ({lay.log_path}) ends:\n"
+                               f"{_log_tail(lay.log_path)}")
+
+    async def keep(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                   ) -> None:
+        """Start the server, report started, then restart it whenever it dies."""
+        await self._start()
+        task_status.started()
+        failed = 0
+        while True:
+            assert self._proc is not None
+            code = await _wait_exit(self._proc)
+            if self._stopping:
+                return
+            delay = min(self._backoff_max_s, 0.05 * 2 ** min(failed, 10))
+            log.error("embedded redis-server pid %d died (code %s); restarting it in %.2f s",
+                      self._proc.pid, code, delay)
+            await trio.sleep(delay * (1 + random.uniform(-0.2, 0.2)))
+            try:
+                await self._start()
+            except RedisUnavailable as exc:
+                failed += 1
+                if failed >= self._max_failed_starts:
+                    raise RedisUnavailable(
+                        f"embedded redis-server could not be restarted ({failed} tries): "
+                        f"{exc.message}") from exc
+                log.error("embedded redis-server restart failed: %s", exc.message)
+                continue
+            failed = 0
+            self.restarts += 1
+            log.warning("embedded redis-server restarted: pid %d", self._proc.pid)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._proc is not None:
+            await _stop(self._proc, self._lay.sock, self._stop_timeout_s)
+            log.info("embedded redis-server pid %d stopped (code %s)", self._proc.pid,
+                     self._proc.returncode)
+        await trio.to_thread.run_sync(_remove_socket, self._lay)
 
 
 @asynccontextmanager
 async def embedded_redis(data_dir: Path, *, start_timeout_s: float = 30.0,
-                         stop_timeout_s: float = 10.0) -> AsyncIterator[str]:
-    """Run ``redis-server`` for ``data_dir``; yields its ``unix://`` URL once it answers PING.
+                         stop_timeout_s: float = 3.0) -> AsyncIterator[str]:
+    """Run ``redis-server`` for ``data_dir``; yields its ``unix://`` URL once it answers PING,
+    and keeps it up (restarted if it dies) until the block ends.
 
     The socket is ``<data_dir>/redis.sock`` unless that path would pass the unix socket
     length limit; then it lives in a short directory of its own under the temp dir (see
     :func:`socket_path_for`). The AOF and ``redis.log`` are always in ``data_dir``. On exit,
-    even a cancelled one, the server is stopped (shielded) and waited for.
+    even a cancelled one, the server is stopped (shielded, bounded) and waited for.
 
     Raises:
-        RedisUnavailable: no binary, data dir in use, or the server did not come up.
+        RedisUnavailable: no binary, data dir in use, or the server did not come up (or
+            could not be restarted).
     """
+    async with open_embedded_redis(data_dir, start_timeout_s=start_timeout_s,
+                                   stop_timeout_s=stop_timeout_s) as server:
+        yield server.url
+
+
+@asynccontextmanager
+async def open_embedded_redis(data_dir: Path, *, start_timeout_s: float = 30.0,
+                              stop_timeout_s: float = 3.0) -> AsyncIterator[EmbeddedRedis]:
+    """:func:`embedded_redis`, yielding the :class:`EmbeddedRedis` itself (its pid, restarts)."""
     lay = await trio.to_thread.run_sync(_layout, data_dir)
-    sock, log_path = lay.sock, lay.log_path
-    if await _ping(sock) is not None:
-        raise RedisUnavailable(f"another redis-server is already serving {sock}; is another "
-                               f"cody using this data dir?", details={"socket": str(sock)})
-    await trio.to_thread.run_sync(_remove_socket_file, sock)  # left over from a crash
-    log_file = await trio.to_thread.run_sync(open, log_path, "ab")
+    if await _ping(lay.sock) is not None:
+        raise RedisUnavailable(f"another redis-server is already serving {lay.sock}; is "
+                               f"another cody using this data dir?",
+                               details={"socket": str(lay.sock)})
+    server = EmbeddedRedis(lay, start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s)
     try:
-        proc = await trio.lowlevel.open_process(
-            server_args(lay.binary, lay.data_dir, sock), stdin=subprocess.DEVNULL,
-            stdout=log_file, stderr=log_file, start_new_session=True,
-            preexec_fn=_die_with_parent())
-    finally:
-        log_file.close()
-    log.info("embedded redis-server pid %d on %s (data in %s)", proc.pid, sock,
-             lay.data_dir)
-    try:
-        with trio.move_on_after(start_timeout_s) as waiting:
-            while True:
-                if proc.returncode is not None or proc.poll() is not None:
-                    raise RedisUnavailable(
-                        f"embedded redis-server exited with code {proc.returncode} at start; "
-                        f"its log ({log_path}) ends:\n{_log_tail(log_path)}",
-                        details={"exit_code": proc.returncode})
-                if await _ping(sock) == "+PONG":
-                    break
-                await trio.sleep(0.02)
-        if waiting.cancelled_caught:
-            raise RedisUnavailable(f"embedded redis-server did not answer within "
-                                   f"{start_timeout_s:g} s; its log ({log_path}) ends:\n"
-                                   f"{_log_tail(log_path)}")
-        yield f"unix://{sock}"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.keep)
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # the keeper's nursery wraps what the body (or the keeper) raised: one error comes
+        # out as itself, so callers see the error they raised
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from group.exceptions[0].__cause__
+        raise
     finally:
         with trio.CancelScope(shield=True):
-            await _stop(proc, sock, stop_timeout_s)
-            await trio.to_thread.run_sync(_remove_socket, lay)
-        log.info("embedded redis-server pid %d stopped (code %s)", proc.pid, proc.returncode)
+            await server.stop()
