@@ -44,6 +44,7 @@ from runtime.errors import (
     InvalidModel,
     NotFound,
     ProviderNotConfigured,
+    ShuttingDown,
     StreamExpired,
     UnknownProvider,
     ValidationFailed,
@@ -151,7 +152,7 @@ class CodyRuntime:
 
     async def submit(self, req: TurnRequest) -> TurnAccepted:
         if self.closing:
-            raise ProviderNotConfigured("the server is shutting down")
+            raise ShuttingDown("the server is shutting down")
         provider_id, model_id = self._resolve_model(req)
         provider = self._provider_for(provider_id)
         enabled = self.config.effective_tools
@@ -307,15 +308,20 @@ class CodyRuntime:
     # ------------------------------------------------------------------ lifecycle
 
     async def ready(self) -> dict[str, bool]:
-        redis_ok = store_ok = True
-        try:
-            await self.log.ping()
-        except Exception:
-            redis_ok = False
-        try:
-            await self.store.ping()
-        except Exception:
-            store_ok = False
+        """Each check bounded: a hung Redis makes ``/ready`` false, never slow."""
+        redis_ok = store_ok = False
+        with trio.move_on_after(2):
+            try:
+                await self.log.ping()
+                redis_ok = True
+            except Exception:
+                pass
+        with trio.move_on_after(2):
+            try:
+                await self.store.ping()
+                store_ok = True
+            except Exception:
+                pass
         return {"redis": redis_ok, "store": store_ok}
 
     async def drain(self, reason: str = "server shutting down", timeout_s: float = 15.0) -> None:
@@ -384,7 +390,6 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                                   providers=providers,
                                   clock=clock or SystemClock(), runs_nursery=runs_nursery,
                                   node_id=node_id, actor_log=_ActorLog(committer, event_log))
-            await event_log.ensure_group()
             children: list[ChildSpec] = []
             if run_projector:
                 projector = Projector(event_log, store, consumer=f"projector-{node_id}",

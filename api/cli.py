@@ -41,7 +41,17 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = RuntimeConfig.from_env(None, **overrides)
-    trio.run(serve, config)
+    try:
+        trio.run(serve, config)
+    except (Exception, BaseExceptionGroup) as exc:
+        # one clear line and a non-zero exit: a supervisor that gave up, an embedded Redis
+        # that cannot start or be restarted, a port in use
+        cause = exc
+        while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+            cause = cause.exceptions[0]
+        logging.getLogger("cody").critical("fatal: %r", cause, exc_info=cause)
+        print(f"cody: fatal: {cause}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

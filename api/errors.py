@@ -28,6 +28,8 @@ def error_response(status: int, code: str, message: str,
 
 def from_cody(exc: CodyError) -> Response:
     response = error_response(exc.status, exc.code, exc.message, exc.details)
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, PayloadTooLarge):
         # the body was not read: close the connection rather than leave the client blocked
         # writing it (httpx then reads this response after its write fails)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 
 import trio
@@ -67,6 +70,24 @@ def tune_gc() -> None:
     gc.set_threshold(2_000, 20, 100)
 
 
+def _exit_by_deadline(deadline_s: float) -> threading.Timer:
+    """The drain deadline, enforced whatever the event loop is stuck on: a Redis outage can
+    hold run actors' shielded endings past it. Runs not ended by then are left for the
+    janitor (their node lease expires; the next node ends them RUN_ORPHANED); the embedded
+    redis-server follows through its parent-death signal."""
+
+    def give_up() -> None:
+        log.warning("drain deadline of %g s passed; exiting now, unfinished runs are left "
+                    "for the janitor", deadline_s)
+        print("cody: stopped (drain deadline passed)", file=sys.stderr, flush=True)
+        os._exit(0)
+
+    timer = threading.Timer(deadline_s, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = None) -> None:
     stop = trio.Event()
     draining = trio.Event()
@@ -88,7 +109,9 @@ async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = Non
                     ready()
                 tune_gc()
                 await draining.wait()
-                await runtime.drain("server shutting down")
+                _exit_by_deadline(config.drain_timeout_s)
+                await runtime.drain("server shutting down",
+                                    timeout_s=max(0.5, config.drain_timeout_s - 2.0))
                 # let SSE generators flush their terminal frames, then stop accepting
                 await trio.sleep(0.2)
                 stop.set()

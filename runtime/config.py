@@ -101,6 +101,9 @@ class RuntimeConfig(BaseModel):
     projector_linger_ms: int = 50
     """After finding checkpoints, wait this long for more before writing them all at once."""
     reader_pool_size: int = 64
+    drain_timeout_s: float = 10.0
+    """SIGTERM exits within this, whatever state Redis is in; runs not ended by then are
+    left for the janitor (RUN_ORPHANED)."""
     writer_pool_size: int = 32
 
     @property
@@ -158,6 +161,7 @@ class RuntimeConfig(BaseModel):
         put("coalesce_max_chars", "CODY_COALESCE_MAX_CHARS", int)
         put("slow_step_ms", "CODY_SLOW_STEP_MS", float)
         put("projector_linger_ms", "CODY_PROJECTOR_LINGER_MS", int)
+        put("drain_timeout_s", "CODY_DRAIN_TIMEOUT_S", float)
         put("default_provider", "CODY_DEFAULT_PROVIDER")
         put("default_model", "CODY_DEFAULT_MODEL")
         if e.get("CODY_EXEC"):

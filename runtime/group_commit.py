@@ -47,10 +47,13 @@ class GroupCommitter:
         self._wake = trio.Event()
         self.round_trips = 0
         self.appends = 0
+        self._closed = False
 
     async def append(self, run_id: str, events: Sequence[bytes],
                      checkpoint_seq: int | None = None) -> list[str]:
         """Same contract as ``EventLog.append``; returns once the events are in Redis."""
+        if self._closed:  # nobody would write it: fail now rather than wait forever
+            raise RedisUnavailable("the event log writer has stopped")
         request = _Request(run_id, events, checkpoint_seq)
         self._queue.append(request)
         self._wake.set()
@@ -70,6 +73,7 @@ class GroupCommitter:
                 while self._queue:
                     await self._commit(self._take())
         finally:
+            self._closed = True
             for request in self._queue:  # shutting down: nobody is left to write
                 request.error = RedisUnavailable("the event log writer has stopped")
                 request.done.set()
@@ -87,7 +91,7 @@ class GroupCommitter:
     async def _commit(self, batch: list[_Request]) -> None:
         try:
             # shielded: a half-sent batch would leave seq gaps; bounded: never hangs shutdown
-            with trio.CancelScope(shield=True), trio.fail_after(60):
+            with trio.CancelScope(shield=True), trio.fail_after(10):
                 results = await self._log.append_many(
                     [(r.run_id, r.events, r.checkpoint_seq) for r in batch])
         except (CodyError, OSError, trio.TooSlowError) as exc:
