@@ -225,3 +225,40 @@ def test_backoff_never_negative_nor_past_the_cap(attempt: int, base: float, cap:
     opts = SupervisorOptions(backoff_base_s=base, backoff_max_s=cap, jitter=jitter,
                              rng=random.Random(seed))
     assert 0.0 <= opts.backoff(attempt) <= cap
+
+
+class Outage:
+    """A child that fails with RedisUnavailable until ``until`` (trio time), then runs."""
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+        self.starts = 0
+
+    async def __call__(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                       ) -> None:
+        from runtime.errors import RedisUnavailable
+
+        self.starts += 1
+        if trio.current_time() < self.until:
+            raise RedisUnavailable("down")
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def test_an_outage_is_waited_out_not_counted(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """60 s of RedisUnavailable at start: the supervisor reports started at once (so the
+    HTTP server comes up), retries at most outage_backoff_max_s apart, never gives up, and
+    the child runs within that cap of the dependency's return."""
+    child = Outage(until=60.0)
+    options = no_jitter(max_restarts=3, period_s=5.0)
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervise, [spec("projector", child)], options)
+            assert trio.current_time() < 1.0
+            await trio.sleep(60.0 + options.outage_backoff_max_s + 0.01)
+            ran = child.starts
+            await trio.sleep(30.0)
+            assert child.starts == ran  # running, not restarting
+            assert ran > options.max_restarts + 1  # far more retries than crashes allowed
+            nursery.cancel_scope.cancel()
