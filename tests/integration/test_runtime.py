@@ -241,6 +241,7 @@ async def test_killed_projector_is_taken_over(redis_url: str, key_prefix: str,
     with XAUTOCLAIM, and every run ends up persisted exactly once, at its final seq."""
     with trio.fail_after(60):
         async with runtime_for(redis_url, key_prefix, tmp_path, run_projector=False) as rt:
+            await rt.log.ensure_group()  # what the doomed projector did when it started
             runs = [(await rt.submit(turn(p, n))).run_id
                     for p, n in [("openai", "simple_message"), ("anthropic", "tool_exec"),
                                  ("openai", "parallel_tools")] * 3]
