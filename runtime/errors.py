@@ -18,6 +18,7 @@ boundary where they occur, so the rest of the code sees only these::
     ├── ShuttingDown                  503 SHUTTING_DOWN
     ├── SupervisorGaveUp              500 SUPERVISOR_GAVE_UP (takes the process down)
     ├── EventOrderError               500 EVENT_ORDER_ERROR  (event before response_start)
+    ├── TurnProtocolError             500 TURN_PROTOCOL_ERROR (a driver misused the turn machine)
     ├── ProviderError                 502 PROVIDER_ERROR     (code: the provider's own)
     └── ToolError                     500 TOOL_ERROR         (becomes success=false output)
 """
@@ -121,6 +122,14 @@ class SupervisorGaveUp(CodyError):
 
 class EventOrderError(CodyError):
     code = "EVENT_ORDER_ERROR"
+    status = 500
+
+
+class TurnProtocolError(CodyError):
+    """The turn machine (runtime/turn.py) was told something its state does not allow, e.g.
+    tool results while no tools run: a bug in its driver, like h11's LocalProtocolError."""
+
+    code = "TURN_PROTOCOL_ERROR"
     status = 500
 
 
