@@ -187,9 +187,7 @@ class CodyRuntime:
                             timeout_s=self.config.tool_timeout_s,
                             output_cap=self.config.tool_output_cap)
         actor = RunActor(spec, log_=self.actor_log, provider=provider, tools=runner,
-                         clock=self.clock,
-                         limits=RunLimits(max_iterations=self.config.max_iterations,
-                                           coalesce_max_chars=self.config.coalesce_max_chars),
+                         clock=self.clock, limits=RunLimits.from_config(self.config),
                          subscriber_buffer=self.config.subscriber_buffer)
         self.actors[run_id] = actor  # before it is registered live: the janitor checks here
         try:
