@@ -1,8 +1,9 @@
 """One run actor per run: the only writer of its stream (SPEC §6), a trio driver of its turn.
 
 The rules of the turn (seq, the prompt item, usage totals, the tool loop, max iterations, how
-cancel and failure end it, append-then-fold) are the pure machine of ``runtime/turn.py``. This
-actor only does what the machine asks, and tells it how it went:
+cancel and failure end it, append-then-fold) are the pure machine of
+``runtime/turn_machine.py``. This actor only does what the machine asks, and tells it how it
+went:
 
 - ``SendRequest``: builds the provider request from the conversation items, streams the body
   through the provider's normaliser into the machine. A reader task pulls the body while the
@@ -54,7 +55,7 @@ from runtime.errors import CodyError, is_infrastructure
 from runtime.ids import new_traceparent
 from runtime.reducer import ResponseReducer
 from runtime.schema import OutputItem, Response
-from runtime.turn import (
+from runtime.turn_machine import (
     Append,
     Command,
     Finished,

@@ -126,7 +126,7 @@ class EventOrderError(CodyError):
 
 
 class TurnProtocolError(CodyError):
-    """The turn machine (runtime/turn.py) was told something its state does not allow, e.g.
+    """The turn machine (runtime/turn_machine.py) was told something its state does not allow, e.g.
     tool results while no tools run: a bug in its driver, like h11's LocalProtocolError."""
 
     code = "TURN_PROTOCOL_ERROR"

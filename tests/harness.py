@@ -1,7 +1,7 @@
 """Playing recorded fixtures through the turn machine without Redis, HTTP or trio.
 
-The rules of a turn live in one place, ``runtime/turn.py``; the run actor drives that machine
-with trio, and :class:`OfflineRun` drives the same machine synchronously: the fixture's wire
+The rules of a turn live in one place, ``runtime/turn_machine.py``; the run actor drives that
+machine with trio, and :class:`OfflineRun` drives the same machine synchronously: the fixture's wire
 bytes (cut as the caller likes) go through the provider's real normaliser, its recorded tool
 outputs (or any others) answer ``RunTools``, and every ``Append`` is "stored" in a list, or
 refused when a test injects an outage. A test can also cancel or fail the turn before any
@@ -28,7 +28,7 @@ from runtime.schema import (
     Response,
     StreamEvent,
 )
-from runtime.turn import (
+from runtime.turn_machine import (
     Append,
     Command,
     Finished,
@@ -112,7 +112,7 @@ def recorded_tools(fx: Fixture) -> ToolAnswer:
 
 @dataclass
 class OfflineRun:
-    """One fixture's turn, driven through :class:`~runtime.turn.TurnMachine` synchronously.
+    """One fixture's turn, driven through :class:`~runtime.turn_machine.TurnMachine` synchronously.
 
     Args:
         fx: the fixture.
