@@ -142,6 +142,7 @@ class OfflineRun:
     finished: Finished | None = None
     inputs: int = 0
     interrupted: list[tuple[int, Interrupt]] = field(default_factory=list)
+    """The interrupts that took effect: (input number, what)."""
 
     def __post_init__(self) -> None:
         fx = self.fx
@@ -189,7 +190,8 @@ class OfflineRun:
         commands: list[Command] = []
         what = self.interrupt(self.inputs) if self.interrupt is not None else None
         if what is not None:
-            self.interrupted.append((self.inputs, what))
+            if not self.machine.ending:  # once the ending is decided, it is ignored
+                self.interrupted.append((self.inputs, what))
             commands += (self.machine.cancel(CANCEL_REASON) if what == "cancel"
                          else self.machine.fail(RuntimeError(INJECTED_FAILURE)))
         return commands + outcome() if outcome is not None else commands
