@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from actors.providers.base import StreamNormaliser
 from actors.providers.fixtures import Fixture, load_fixture
+from actors.providers.settings import RequestSettings
+from runtime.config import DEFAULT_MODELS, RuntimeConfig
 from runtime.errors import RedisUnavailable
 from runtime.ids import new_traceparent, new_uuid, prompt_item_id
 from runtime.schema import (
@@ -90,6 +92,17 @@ def fixture_history(fx: Fixture) -> tuple[OutputItem, ...]:
     before = load_fixture(fx.path.parent / fx.after)
     return (*fixture_history(before),
             *(OUTPUT_ITEM_ADAPTER.validate_python(i) for i in before.expected["output_items"]))
+
+
+def request_settings(fx: Fixture) -> RequestSettings:
+    """The settings the runtime sends for the fixture's model by default."""
+    entry = DEFAULT_MODELS[fx.model]
+    if fx.provider == "openai":
+        return RequestSettings(model_name=entry.provider_model,
+                               reasoning_effort="medium" if entry.reasoning else None)
+    return RequestSettings(
+        model_name=entry.provider_model,
+        thinking_budget=RuntimeConfig().default_thinking_budget if entry.reasoning else None)
 
 
 @dataclass(frozen=True, slots=True)

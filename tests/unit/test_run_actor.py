@@ -26,13 +26,20 @@ from actors.providers.replay import split_blocks
 from actors.run_actor import RunActor, RunLimits, RunSpec
 from actors.tools import BUILTIN_TOOLS, ToolResult
 from runtime.clock import FixedClock
+from runtime.config import RuntimeConfig
 from runtime.envelope import decode_event
-from runtime.errors import REDIS_ERROR, RUN_FAILED, CodyError, ProviderError, RedisUnavailable
+from runtime.errors import (
+    REDIS_ERROR,
+    RUN_FAILED,
+    CodyError,
+    ProviderError,
+    RedisUnavailable,
+    ValidationFailed,
+)
 from runtime.ids import new_uuid
 from runtime.reducer import ResponseReducer, rebuild
 from runtime.schema import TERMINAL_EVENT_TYPES, StreamEvent
-from tests.harness import response_view
-from tests.unit.test_turn_machine_properties import request_settings
+from tests.harness import request_settings, response_view
 
 LIBRARY = FixtureLibrary()
 LIMITS = RunLimits(append_deadline_s=30.0, ending_deadline_s=10.0)
@@ -417,3 +424,19 @@ async def test_a_crashing_tool_runner_is_run_failed(mock_clock: trio.testing.Moc
     assert error.error.code == RUN_FAILED  # type: ignore[union-attr]
     assert error.error.details == {"exception": "ValueError"}  # type: ignore[union-attr]
     assert error.error.message == "run failed: tool runner broke"  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_the_deadlines_come_from_the_environment() -> None:
+    config = RuntimeConfig.from_env({"CODY_APPEND_DEADLINE_S": "12.5",
+                                     "CODY_ENDING_DEADLINE_S": "3", "CODY_MAX_ITERATIONS": "7"})
+    limits = RunLimits.from_config(config)
+    assert (limits.append_deadline_s, limits.ending_deadline_s) == (12.5, 3.0)
+    assert limits.max_iterations == 7
+    defaults = RunLimits.from_config(RuntimeConfig.from_env({}))
+    assert (defaults.append_deadline_s, defaults.ending_deadline_s) == (30.0, 10.0)
+    with pytest.raises(ValidationFailed) as info:
+        RuntimeConfig.from_env({"CODY_ENDING_DEADLINE_S": "soon"})
+    assert info.value.details == {"field": "CODY_ENDING_DEADLINE_S"}

@@ -16,10 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.providers.fixtures import Fixture, FixtureLibrary
-from actors.providers.settings import RequestSettings
 from actors.run_actor import build_request
 from actors.tools import BUILTIN_TOOLS
-from runtime.config import DEFAULT_MODELS, RuntimeConfig
 from runtime.errors import RUN_FAILED
 from runtime.reducer import rebuild
 from runtime.schema import TERMINAL_EVENT_TYPES, FunctionCallItem, StreamEvent
@@ -30,6 +28,7 @@ from tests.harness import (
     Chunker,
     OfflineRun,
     Outcome,
+    request_settings,
     response_view,
 )
 
@@ -90,17 +89,6 @@ def every_item_closed(events: list[StreamEvent]) -> bool:
         elif e.type in ("item_done", "item_cancelled", "item_error"):
             open_items.discard(p.item_id)
     return not open_items
-
-
-def request_settings(fx: Fixture) -> RequestSettings:
-    """The settings the runtime sends for the fixture's model by default."""
-    entry = DEFAULT_MODELS[fx.model]
-    if fx.provider == "openai":
-        return RequestSettings(model_name=entry.provider_model,
-                               reasoning_effort="medium" if entry.reasoning else None)
-    return RequestSettings(
-        model_name=entry.provider_model,
-        thinking_budget=RuntimeConfig().default_thinking_budget if entry.reasoning else None)
 
 
 # --------------------------------------------------------------------------- nothing injected
