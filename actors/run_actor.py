@@ -316,6 +316,8 @@ class RunActor:
 
     async def _exchange(self, cmd: SendRequest) -> list[Command]:
         """One model request, streamed through the normaliser into the machine."""
+        if self._cancel_reason is not None:  # cancelled meanwhile: no request at all
+            return self._tell()
         spec = self.spec
         call = ProviderCall(run_id=spec.run_id, provider_id=spec.provider_id,
                             model_id=spec.model_id, prompt=spec.prompt, exchange=cmd.exchange,
@@ -324,8 +326,6 @@ class RunActor:
         normaliser = new_normaliser(spec.provider_id, spec.run_id)
         send, receive = trio.open_memory_channel[bytes | Exception](self._limits.read_ahead)
         reader = self._work = trio.CancelScope()
-        if self._cancel_reason is not None:
-            reader.cancel()
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery, receive:
@@ -368,6 +368,8 @@ class RunActor:
     # ------------------------------------------------------------------ tools
 
     async def _run_tools(self, cmd: RunTools) -> list[Command]:
+        if self._cancel_reason is not None:
+            return self._tell()
         results: list[ToolResult | None] = [None] * len(cmd.calls)
 
         async def run_one(i: int) -> None:
@@ -376,8 +378,6 @@ class RunActor:
 
         with trio.CancelScope() as work:
             self._work = work
-            if self._cancel_reason is not None:
-                work.cancel()
             try:
                 async with trio.open_nursery() as nursery:
                     for i in range(len(cmd.calls)):
