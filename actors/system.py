@@ -35,7 +35,7 @@ from actors.providers.replay import ReplayProvider
 from actors.providers.settings import RequestSettings
 from actors.reader import RunReader
 from actors.run_actor import RunActor, RunLimits, RunLog, RunSpec
-from actors.tools import ToolRunner
+from actors.tools import ExecPolicy, ToolRunner
 from runtime.clock import SystemClock, WallClock
 from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
 from runtime.envelope import decode_event
@@ -185,7 +185,8 @@ class CodyRuntime:
         )
         runner = ToolRunner(self.config.workspace_root, enabled=tools,
                             timeout_s=self.config.tool_timeout_s,
-                            output_cap=self.config.tool_output_cap)
+                            output_cap=self.config.tool_output_cap,
+                            exec_policy=ExecPolicy.from_config(self.config))
         actor = RunActor(spec, log_=self.actor_log, provider=provider, tools=runner,
                          clock=self.clock,
                          limits=RunLimits(max_iterations=self.config.max_iterations,
