@@ -11,12 +11,13 @@ refuses to leave it.
   RESOLVE_NO_MAGICLINKS)``: the kernel walks the whole path, ``..`` and symlinks included, and
   fails with ``EXDEV`` the moment the walk would leave the root, whatever is renamed meanwhile
   (``EAGAIN`` if a rename raced a ``..``; we retry).
-- Elsewhere (older kernels, a seccomp filter that hides ``openat2``), the same walk in user
-  space: one component at a time, each opened with ``O_NOFOLLOW`` relative to the descriptor of
-  the directory before it. ``..`` pops our own stack of directory descriptors (the file
-  system's ``..`` is never opened, so a directory moved meanwhile cannot take us above the
-  root); a symlink is read once with ``readlinkat`` and its target spliced into the rest of the
-  path, so what we follow is what we read, not what the name points to a moment later.
+- Elsewhere (Linux before 5.6, a seccomp filter that hides ``openat2``), the same walk in user
+  space: one component at a time, each opened with ``O_NOFOLLOW`` (``O_PATH`` for the ones
+  before the last) relative to the descriptor of the directory before it. ``..`` pops our own
+  stack of directory descriptors (the file system's ``..`` is never opened, so a directory
+  moved meanwhile cannot take us above the root); a symlink's target is read through the
+  descriptor of that very symlink and spliced into the rest of the path, so what we follow is
+  what we looked at, not what the name points to a moment later.
 
 Symlinks (the decision): a symlink whose target stays inside the workspace is followed, as
 before, because both ways above follow it without a race. A symlink with an *absolute* target
@@ -36,6 +37,7 @@ import ctypes
 import errno
 import functools
 import os
+import stat
 import sys
 from collections import deque
 from pathlib import Path
@@ -48,7 +50,8 @@ OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 """Every open is read-only; ``O_NONBLOCK`` so that a FIFO planted in the workspace cannot block a
 worker thread (the caller fstat()s the descriptor and reads only regular files)."""
 
-_DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY | os.O_NOFOLLOW
+_ENTRY_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+"""A descriptor of a directory entry itself (a symlink is not followed), usable as ``dir_fd``."""
 _MAX_SYMLINKS = 40  # as the kernel (MAXSYMLINKS)
 _EAGAIN_RETRIES = 8
 _SWAP_RETRIES = 8
@@ -129,10 +132,17 @@ def _open_openat2(root_fd: int, rel: str) -> int:
 
 
 def _open_walk(root_fd: int, rel: str) -> int:
-    """``openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`` in user space (module docstring)."""
+    """``openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`` in user space (module docstring).
+
+    Each component is looked up once, as ``O_PATH | O_NOFOLLOW``: that gives a descriptor of
+    the entry itself, and what it is (directory, symlink, other) is asked of that descriptor,
+    so an entry swapped after the lookup changes nothing. A symlink's target is read through
+    the same descriptor. Only the last component, which needs a real descriptor, is opened by
+    name (``O_NOFOLLOW``), and looked at again if it was a symlink a moment before.
+    """
     parts = deque(_parts(rel))
     stack = [os.dup(root_fd)]  # stack[-1] is the directory the next component is looked up in
-    links = retries = 0
+    links = swaps = 0
     try:
         while parts:
             name = parts.popleft()
@@ -141,26 +151,34 @@ def _open_walk(root_fd: int, rel: str) -> int:
                     raise EscapesWorkspace(rel)
                 os.close(stack.pop())
                 continue
-            try:
-                if not parts:
-                    return os.open(name, OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=stack[-1])
-                stack.append(os.open(name, _DIR_FLAGS, dir_fd=stack[-1]))
-                continue
-            except OSError as exc:
-                # O_NOFOLLOW on a symlink: ELOOP, or ENOTDIR together with O_DIRECTORY
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
+            if not parts:
                 try:
-                    target = os.readlink(name, dir_fd=stack[-1])
-                except OSError as link_exc:
-                    # EINVAL: not a symlink. If the open saw one, the entry was swapped
-                    # between the two calls: look at it again (a few times), else the
-                    # open's own error stands.
-                    if link_exc.errno == errno.EINVAL and retries < _SWAP_RETRIES:
-                        retries += 1
-                        parts.appendleft(name)
-                        continue
-                    raise exc from None
+                    return os.open(name, OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=stack[-1])
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:  # ELOOP: a symlink, read below
+                        raise
+            fd = os.open(name, _ENTRY_FLAGS, dir_fd=stack[-1])
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISLNK(mode):
+                    target = os.readlink("", dir_fd=fd)
+                elif stat.S_ISDIR(mode):
+                    if not parts:
+                        return os.open(".", OPEN_FLAGS, dir_fd=fd)
+                    stack.append(fd)
+                    fd = -1
+                    continue
+                elif parts:
+                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), rel)
+                else:  # the last component was a symlink a moment ago: look at it again
+                    swaps += 1
+                    if swaps > _SWAP_RETRIES:
+                        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), rel)
+                    parts.appendleft(name)
+                    continue
+            finally:
+                if fd >= 0:
+                    os.close(fd)
             links += 1
             if links > _MAX_SYMLINKS:
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), rel)
