@@ -35,7 +35,7 @@ from actors.providers.replay import ReplayProvider
 from actors.providers.settings import RequestSettings
 from actors.reader import RunReader
 from actors.run_actor import RunActor, RunLimits, RunLog, RunSpec
-from actors.tools import ExecPolicy, ToolRunner
+from actors.tools import ExecPolicy, ToolRunner, hide_process_from_commands
 from runtime.clock import SystemClock, WallClock
 from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
 from runtime.envelope import decode_event
@@ -372,6 +372,8 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                        supervisor: SupervisorOptions | None = None,
                        run_projector: bool = True) -> AsyncIterator[CodyRuntime]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    if config.exec_enabled:
+        hide_process_from_commands()  # exec: our /proc environ and memory hold the keys
     async with AsyncExitStack() as stack:
         url = config.redis_url
         if url is None:

@@ -7,7 +7,7 @@
 """
 
 from actors.tools.runner import BUILTIN_TOOLS, Tool, ToolContext, ToolResult, ToolRunner
-from actors.tools.sandbox import ExecPolicy
+from actors.tools.sandbox import ExecPolicy, hide_process_from_commands
 from actors.tools.workspace import EscapesWorkspace, Workspace, openat2_available
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "ToolResult",
     "ToolRunner",
     "Workspace",
+    "hide_process_from_commands",
     "openat2_available",
 ]

@@ -20,6 +20,8 @@ What a command gets, and why:
 - **Optionally another user** (``ExecPolicy.user``, ``CODY_EXEC_USER``: a name, ``uid`` or
   ``uid:gid``): the server needs to be root (or hold ``CAP_SETUID``/``CAP_SETGID``) for it.
 - **stdin** is ``/dev/null``, **cwd** the workspace root, every other descriptor closed.
+- **The server hides itself** (``hide_process_from_commands``): a command of the same user
+  cannot read the server's ``/proc/<pid>/environ`` or memory, where the keys still are.
 - **Output** (stdout and stderr together) is decoded while it is read and only the first
   ``cap + 1`` characters are kept; the rest is read and dropped, so a command that prints a
   gigabyte costs the server one read buffer, and is not killed for talking (it still runs to
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import ctypes
 import os
 import pwd
 import re
@@ -37,6 +40,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -228,6 +232,26 @@ async def run_command(command: str, *, cwd: Path, policy: ExecPolicy, cap: int) 
         with trio.CancelScope(shield=True), trio.move_on_after(_REAP_TIMEOUT_S):
             await trio.to_thread.run_sync(partial(shutil.rmtree, home, ignore_errors=True),
                                           abandon_on_cancel=True)
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def hide_process_from_commands() -> bool:
+    """Make this process non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``); True if it now is.
+
+    A command runs as the server's user unless ``CODY_EXEC_USER`` says otherwise, and the same
+    user may read ``/proc/<server>/environ`` (the provider keys the server was started with:
+    scrubbing the command's own environment does not hide those), ``/proc/<server>/mem``, or
+    ptrace the server. A non-dumpable process's ``/proc`` files belong to root, and ptrace by
+    the same user is refused. Costs: no core dumps, and py-spy or gdb need root. Files the user
+    can read (the data dir, a keys file) stay readable: only another user keeps them.
+    ``open_runtime`` calls this when exec is enabled.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
 
 
 def signal_note(returncode: int, policy: ExecPolicy) -> str:

@@ -12,6 +12,10 @@ import json
 import os
 import random
 import shutil
+import signal
+import site
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -137,6 +141,56 @@ def test_a_secret_cannot_be_allowed_into_the_environment() -> None:
             RuntimeConfig.from_env({"CODY_EXEC_ENV_ALLOW": f"TERM,{name}", name: "x"})
 
 
+_SERVER = """
+import sys, trio
+from pathlib import Path
+from actors.tools import ToolRunner, hide_process_from_commands
+if sys.argv[1] == "hidden":
+    assert hide_process_from_commands()
+r = ToolRunner(Path(sys.argv[2]), enabled=["exec"], timeout_s=10, output_cap=100_000)
+command = "cat /proc/$PPID/environ; echo; head -c 64 /proc/$PPID/mem; echo; id -u"
+print(trio.run(r.run, "exec", '{"command": "%s"}' % command).output)
+"""
+
+
+def _python_for(user: dict[str, int | list[int]]) -> str:
+    """A Python of this version that ``user`` may run (the venv's may live under /root)."""
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in [sys.executable, f"/usr/bin/python{version}"]:
+        try:
+            subprocess.run([candidate, "-c", ""], check=True, timeout=20, cwd="/",
+                           **user)  # type: ignore[call-overload]
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return candidate
+    raise AssertionError(f"no Python {sys.version_info[:2]} that uid {user} can run")
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_a_command_cannot_read_the_keys_from_the_servers_proc(sandboxed: Sandboxed,
+                                                              hidden: bool) -> None:
+    """The server's *own* environment still holds the keys: a command of the same user could
+    read them from /proc/<server>/environ, unless the server is non-dumpable."""
+    user: dict[str, int | list[int]] = {}
+    if sandboxed.user is not None:  # root: the "server" runs as the test's own user
+        user = {"user": sandboxed.uid, "group": sandboxed.uid, "extra_groups": []}
+    root = Path(__file__).resolve().parents[2]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), *site.getsitepackages()]),
+           "OPENAI_API_KEY": "sk-proc-test-6e5f4d"}
+    done = subprocess.run(
+        [_python_for(user), "-c", _SERVER, "hidden" if hidden else "plain",
+         str(sandboxed.workspace)], env=env, cwd=sandboxed.workspace, capture_output=True,
+        text=True, timeout=60, **user)  # type: ignore[call-overload]
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.rstrip().endswith(str(sandboxed.uid))  # the command ran as the server's user
+    if hidden:
+        assert "sk-proc-test" not in out and out.count("Permission denied") == 2
+    else:  # what the scrubbed environment alone leaves open
+        assert "OPENAI_API_KEY=sk-proc-test-6e5f4d" in out
+
+
 async def test_home_is_private_and_removed(tmp_path: Path) -> None:
     with trio.fail_after(10):
         res = await sh(runner(tmp_path), 'echo "$HOME"; stat -c %a "$HOME"; touch "$HOME/x"')
@@ -167,6 +221,20 @@ async def test_what_a_command_leaves_running_is_killed_when_it_ends(tmp_path: Pa
         assert res.success and trio.current_time() - start < 3
         pid = int(res.output)
         await eventually(lambda: not alive(pid))
+
+
+async def test_a_process_that_leaves_the_group_does_not_hold_the_call(tmp_path: Path) -> None:
+    """``setsid`` takes a process out of the group, so the kill misses it (the README says
+    so); it holds the output pipe open, yet the call returns once the shell has."""
+    with trio.fail_after(10):
+        start = trio.current_time()
+        res = await sh(runner(tmp_path), "setsid sleep 30 & sleep 0.3; echo $!")
+        took = trio.current_time() - start
+    pid = int(res.output)
+    try:
+        assert res.success and alive(pid) and took < 3
+    finally:
+        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("how", ["timeout", "cancel"])
