@@ -25,6 +25,7 @@ class TcpProxy:
             self._nursery = nursery
             await self._listen()
             task_status.started(self.port)
+            await trio.sleep_forever()  # keeps the nursery open for restore()
 
     async def _listen(self) -> None:
         assert self._nursery is not None

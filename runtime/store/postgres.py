@@ -15,11 +15,13 @@ not. A dialect-neutral driver (SQLAlchemy) would add a layer for six statements.
 
 Outages are weather, not crashes. A lost connection, a server that is down or restarting, or no
 connection within ``timeout_s`` (``PoolTimeout``) is :class:`~runtime.errors.StoreUnavailable`
-(503 with ``Retry-After``). The pool checks each connection as it hands it out, so the dead
-ones a server restart leaves behind are replaced without failing a call, and it reconnects in
-the background, backing off up to ``reconnect_timeout_s``, after which the next call starts a
-fresh attempt: the store works again within seconds of the server's return. A deadlock or
-serialisation failure is retried in place (``ATTEMPTS`` times).
+(503 with ``Retry-After``); while the server is down one call at a time probes it and the rest
+fail at once, so no call waits longer than ``timeout_s``. Each connection is checked as it is
+taken from the pool (without a round trip), so the dead ones a server restart leaves behind are
+replaced without failing a call, and the pool reconnects in the background, backing off up to
+``reconnect_timeout_s``, after which the next call starts a fresh attempt: the store works
+again within seconds of the server's return. A deadlock or serialisation failure is retried in
+place (``ATTEMPTS`` times).
 
 Migrations run at open, in one transaction under ``pg_advisory_xact_lock`` keyed on the schema,
 so several nodes starting at once apply each version once. If the server cannot be reached at
@@ -34,9 +36,12 @@ The schema is the connection's ``search_path`` (default ``public``), set in the 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import select
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -101,6 +106,18 @@ def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
     return StoreUnavailable(f"store unavailable: {type(exc).__name__}: {exc}", details=details)
 
 
+def _closed_by_server(conn: psycopg.Connection[Any]) -> bool:
+    """An idle connection has nothing to read: if its socket is readable, the server has sent
+    its goodbye (a restart's "terminating connection") and closed it."""
+    if conn.closed:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
+
+
 def _migrate(tx: Tx, now_ms: int) -> list[int]:
     if tx.rows("SELECT current_schema()")[0][0] is None:
         raise ValidationFailed("CODY_STORE_URL: the connection's search_path names no schema "
@@ -115,12 +132,18 @@ class PostgresStore(SQLStoreBase):
 
     dialect = sql.POSTGRES
 
-    def __init__(self, pool: ConnectionPool[Any], *, clock: WallClock, pool_size: int) -> None:
+    def __init__(self, pool: ConnectionPool[Any], *, clock: WallClock, pool_size: int,
+                 timeout_s: float) -> None:
         super().__init__(clock=clock)
         self._pool = pool
+        self._pool_size = pool_size
+        self._timeout_s = timeout_s
         self._limiter = trio.CapacityLimiter(pool_size)
         self._schema_ready = False
         self._schema_lock = trio.Lock()
+        self._down: str | None = None
+        """Why the last call found the server unreachable (None: it answered)."""
+        self._probing = False
 
     @classmethod
     @asynccontextmanager
@@ -129,10 +152,11 @@ class PostgresStore(SQLStoreBase):
                    ) -> AsyncIterator[PostgresStore]:
         pool: ConnectionPool[Any] = ConnectionPool(
             conninfo_for(url), min_size=1, max_size=pool_size, open=False, name="cody-store",
-            kwargs={"autocommit": True}, check=ConnectionPool.check_connection,
-            timeout=timeout_s, reconnect_timeout=reconnect_timeout_s)
+            kwargs={"autocommit": True}, timeout=timeout_s,
+            reconnect_timeout=reconnect_timeout_s)
         pool.open(wait=False)  # starts the pool's threads; connecting happens in them
-        store = cls(pool, clock=clock or SystemClock(), pool_size=pool_size)
+        store = cls(pool, clock=clock or SystemClock(), pool_size=pool_size,
+                    timeout_s=timeout_s)
         try:
             try:
                 await store._ensure_schema()
@@ -158,16 +182,49 @@ class PostgresStore(SQLStoreBase):
                 self._schema_ready = True
 
     async def _call(self, fn: Callable[[Tx], T], *, transaction: bool) -> T:
+        """While the server is known to be down, one call at a time probes it and the others
+        fail at once: during an outage no call waits longer than ``timeout_s``, however many
+        queue up, and no more than one thread is spent finding out."""
+        probe = self._down is not None
+        if probe and self._probing:
+            raise StoreUnavailable(f"store unavailable: {self._down}",
+                                   details={"cause": "StoreDown"})
+        self._probing = self._probing or probe
         try:
-            return await trio.to_thread.run_sync(self._in_thread, fn, transaction,
-                                                 limiter=self._limiter, abandon_on_cancel=True)
+            result = await trio.to_thread.run_sync(self._in_thread, fn, transaction,
+                                                   limiter=self._limiter,
+                                                   abandon_on_cancel=True)
         except psycopg.Error as exc:
+            if isinstance(exc, _UNREACHABLE) and not isinstance(exc, _RETRYABLE):
+                self._down = f"{type(exc).__name__}: {exc}"
             raise _unavailable(exc) from exc
+        finally:
+            if probe:
+                self._probing = False
+        self._down = None
+        return result
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection that the server has not closed. Those a restart left behind
+        are dropped here without a round trip (and without the pool's back-off between failed
+        checks, which would turn a few dead connections into a timeout)."""
+        deadline = time.monotonic() + self._timeout_s
+        for attempt in itertools.count():
+            conn = self._pool.getconn(timeout=max(deadline - time.monotonic(), 0.001))
+            if attempt > self._pool_size or not _closed_by_server(conn):
+                break
+            conn.close()
+            self._pool.putconn(conn)  # the pool sees it closed and makes a new one
+        try:
+            yield conn
+        finally:
+            self._pool.putconn(conn)  # rolls back what an error left open
 
     def _in_thread(self, fn: Callable[[Tx], T], transaction: bool) -> T:
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                with self._pool.connection() as conn:
+                with self._connection() as conn:
                     if not transaction:
                         return fn(_Tx(conn))
                     with conn.transaction():
