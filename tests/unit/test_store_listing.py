@@ -1,4 +1,5 @@
-"""The pure part of run listing: cursors round-trip, bad ones and bad arguments are 400s."""
+"""The pure part of run listing (cursors round-trip, bad ones and bad arguments are 400s)
+and the store package's public face."""
 
 from __future__ import annotations
 
@@ -44,3 +45,12 @@ def test_query_arguments_are_checked() -> None:
         with pytest.raises(ValidationFailed) as info:
             build(**kw)
         assert info.value.details == {"field": field}
+
+
+def test_the_store_packages_public_face() -> None:
+    import runtime.store
+
+    assert sorted(runtime.store.__all__) == ["DEFAULT_TENANT", "MAX_LIST_LIMIT", "SQLiteStore",
+                                             "Store", "Thread", "open_store"]
+    for name in runtime.store.__all__:
+        assert getattr(runtime.store, name) is not None
