@@ -20,8 +20,9 @@ fail at once, so no call waits longer than ``timeout_s``. Each connection is che
 taken from the pool (without a round trip), so the dead ones a server restart leaves behind are
 replaced without failing a call, and the pool reconnects in the background, backing off up to
 ``reconnect_timeout_s``, after which the next call starts a fresh attempt: the store works
-again within seconds of the server's return. A deadlock or serialisation failure is retried in
-place (``ATTEMPTS`` times).
+again within seconds of the server's return. A deadlock or serialisation failure, and a
+connection that breaks before anything was committed, are retried in place (``ATTEMPTS`` times
+in all).
 
 Migrations run at open, in one transaction under ``pg_advisory_xact_lock`` keyed on the schema,
 so several nodes starting at once apply each version once. If the server cannot be reached at
@@ -222,17 +223,28 @@ class PostgresStore(SQLStoreBase):
             self._pool.putconn(conn)  # rolls back what an error left open
 
     def _in_thread(self, fn: Callable[[Tx], T], transaction: bool) -> T:
+        """Retried in place: a deadlock or serialisation failure, and a connection that broke
+        before anything was committed (the server closing it as the call began, as a restart
+        does): neither can have changed anything. A break during COMMIT is not retried."""
         for attempt in range(1, ATTEMPTS + 1):
+            committing = False
+            conn: psycopg.Connection[Any] | None = None
             try:
                 with self._connection() as conn:
                     if not transaction:
                         return fn(_Tx(conn))
                     with conn.transaction():
-                        return fn(_Tx(conn))
+                        result = fn(_Tx(conn))
+                        committing = True
+                    return result
             except _RETRYABLE:
                 if attempt == ATTEMPTS:
                     raise
                 log.info("store transaction retried after a deadlock or serialisation failure")
+            except psycopg.OperationalError:
+                if committing or conn is None or not conn.broken or attempt == ATTEMPTS:
+                    raise
+                log.info("store call retried on a fresh connection: the last one broke")
         raise AssertionError("unreachable")
 
     async def _read(self, fn: Callable[[Tx], T]) -> T:
