@@ -59,6 +59,7 @@ PROTOCOL_NAMES: tuple[str, ...] = ("openai-responses", "anthropic-messages", "op
 KeyStatus = Literal["set", "missing", "not needed"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _PROVIDER_FIELDS = ("protocol", "base_url", "api_key_env", "headers")
@@ -305,19 +306,25 @@ class _Checker:
         value = data.get(section, {})
         if not isinstance(value, dict):
             self.fail((section,), f"must be a table of [{section}.<id>] tables")
+        pattern, allowed = ((_ID, "'.', '_' and '-'") if section == "providers" else
+                            (_MODEL_ID, "'.', '_', '-', ':', '/', '@' and '+'"))
         for key, table in value.items():
-            if not _ID.match(key):
-                self.fail((section, key), "an id is letters, digits, '.', '_' and '-', "
-                          "starting with a letter or digit")
+            if not pattern.match(key):
+                self.fail((section, key), f"an id is letters, digits, {allowed}, starting "
+                          "with a letter or digit")
             if not isinstance(table, dict):
                 self.fail((section, key), f"must be a table ([{section}.{key}])")
         return value
 
     def _fields(self, path: tuple[str, ...], table: dict[str, Any],
                 allowed: tuple[str, ...]) -> None:
-        for key in table:
+        for key, value in table.items():
             if key not in allowed:
-                self.fail((*path, key), f"unknown field (expected {', '.join(allowed)})")
+                hint = ""
+                if isinstance(value, dict):  # [models.claude-haiku-4.5] is models -> 4 -> 5
+                    hint = (f"; an id with a '.' must be quoted: [{path[0]}."
+                            f"\"{'.'.join((*path[1:], key))}\"]")
+                self.fail((*path, key), f"unknown field (expected {', '.join(allowed)}){hint}")
 
     def _str(self, path: tuple[str, ...], value: object) -> str:
         if not isinstance(value, str):

@@ -236,12 +236,12 @@ class HttpProvider:
             text = f"{self.id} refused the API key (HTTP {status}: {message}); {fix}"
         elif canonical == MODEL_NOT_FOUND:
             details["model"] = model
-            text = f"{self.id} has no model {named} (HTTP {status}: {message})"
+            text = f"{self.id} has no model {named}; HTTP {status}: {message}"
         else:
             assert canonical == CONTEXT_TOO_LONG
             details["model"] = model
             text = (f"{self.id}: the conversation is too long for the context window of model "
-                    f"{named} (HTTP {status}: {message})")
+                    f"{named}; HTTP {status}: {message}")
         return ProviderError(text, code=canonical, details=details)
 
     async def _open(self, call: ProviderCall) -> httpx.Response:
