@@ -74,6 +74,7 @@ from pydantic import ValidationError
 from actors.providers.fastpath import loads as _loads
 from actors.providers.fastpath import new_delta as _new_delta
 from actors.providers.fastpath import scan as _scan
+from actors.providers.fastpath import scanstring as _scanstring
 from actors.providers.provider_errors import classify
 from actors.providers.sse_normaliser import SSENormaliser, Violation
 from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
@@ -166,7 +167,7 @@ class ChatCompletionsNormaliser(SSENormaliser):
     """One Chat Completions stream in, canonical payloads out (``StreamNormaliser``)."""
 
     __slots__ = ("_answered", "_calls", "_cid", "_finish_reason", "_kinds", "_refused",
-                 "_text", "_usage")
+                 "_templates", "_text", "_usage")
     PROVIDER = PROVIDER
     ENDS_WITH = "a finish_reason"
 
@@ -180,6 +181,8 @@ class ChatCompletionsNormaliser(SSENormaliser):
         self._refused = False
         self._finish_reason: str | None = None  # canonical, once the choice finished
         self._usage: Usage | None = None
+        #: text item kind -> the bytes before and after the text of its chunks (``feed``)
+        self._templates: dict[str, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ dispatch
 
@@ -187,33 +190,54 @@ class ChatCompletionsNormaliser(SSENormaliser):
         out: list[Payload] = []
         if self._finished:
             return out
+        templates = self._templates
         for message in self._decoder.feed(data):
-            # The hot path, one chunk per token, inlined: a compact chunk (the C scanner read
-            # it all) whose only delta is more text for the open item. Anything else takes
-            # the full path in _chunk.
             text = message.data
+            open_text = self._text
+            # The hot path, one chunk per token. A server repeats every byte of a text
+            # chunk but the text (same id, created, model, nulls): once one chunk of the open
+            # item was read in full, the next ones that match it byte for byte around one
+            # JSON string are that string, decoded alone (a fifth of a full parse).
+            template = templates.get(open_text.kind) if open_text is not None else None
+            if open_text is not None and template is not None \
+                    and text.startswith(template[0]) and text.endswith(template[1]):
+                start = len(template[0])
+                try:
+                    decoded, end = _scanstring(text, start + 1)
+                except ValueError:
+                    end = -1
+                if end == len(text) - len(template[1]) and text[start] == '"':
+                    if decoded:
+                        open_text.parts.append(decoded)
+                        out.append(_new_delta(open_text.item_id, decoded))
+                    continue
+            # Else, inlined: a compact chunk (the C scanner read it all) whose only delta is
+            # more text for the open item. Anything else takes the full path in _chunk.
             try:
                 obj, end = _scan(text, 0)
             except (StopIteration, ValueError, RecursionError):
                 end = -1
             if end == len(text) and type(obj) is dict:
                 choices = obj.get("choices")
-                open_text = self._text
-                if (open_text is not None and type(choices) is list and len(choices) == 1
+                if (open_text is not None and self._finish_reason is None
+                        and type(choices) is list and len(choices) == 1
                         and obj.get("usage") is None and obj.get("error") is None):
                     choice = choices[0]
                     if type(choice) is dict and choice.get("finish_reason") is None \
                             and choice.get("index", 0) == 0:
                         delta = choice.get("delta")
-                        if type(delta) is dict and len(delta) == 1:
-                            piece = delta.get("content" if open_text.kind == "message"
-                                              else "reasoning_content")
-                            if piece is None and open_text.kind == "reasoning":
-                                piece = delta.get("reasoning")
+                        if type(delta) is dict and (len(delta) == 1 or (
+                                len(delta) == 2 and delta.get("role") == "assistant")):
+                            key = "content" if open_text.kind == "message" else (
+                                "reasoning_content" if "reasoning_content" in delta
+                                else "reasoning")
+                            piece = delta.get(key)
                             if type(piece) is str:
-                                if piece and self._finish_reason is None:
+                                if piece:
                                     open_text.parts.append(piece)
                                     out.append(_new_delta(open_text.item_id, piece))
+                                if open_text.kind not in templates:
+                                    self._learn(open_text.kind, key, text, obj)
                                 continue
                 self._chunk(message.event, obj, out)
             else:
@@ -221,6 +245,29 @@ class ChatCompletionsNormaliser(SSENormaliser):
             if self._finished:
                 break
         return out
+
+    def _learn(self, kind: str, key: str, text: str, obj: dict[str, Any]) -> None:
+        """Keep the bytes around the text of a text chunk as the template for its kind, if
+        the chunk with any other string in their place parses to the same chunk."""
+        marker = f'"{key}":"'
+        at = text.find(marker)
+        if at < 0:
+            return
+        start = at + len(marker) - 1
+        try:
+            _, end = _scanstring(text, start + 1)
+        except ValueError:
+            return
+        prefix, suffix = text[:start], text[end:]
+        try:
+            probe = _loads(prefix + '"\\u0000"' + suffix)
+        except (ValueError, RecursionError):
+            return
+        expected = {**obj, "choices": [{**obj["choices"][0],
+                                        "delta": {**obj["choices"][0]["delta"],
+                                                  key: "\u0000"}}]}
+        if probe == expected:
+            self._templates[kind] = (prefix, suffix)
 
     def end_of_stream(self) -> list[Payload]:
         out: list[Payload] = []

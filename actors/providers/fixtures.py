@@ -10,7 +10,7 @@ from typing import Any
 
 DEFAULT_FIXTURES_DIR = Path(__file__).resolve().parents[2] / "fixtures"
 #: The protocol of a fixture whose manifest names none (those recorded before there were
-#: several protocols per provider family).
+#: several protocols per provider family); any other provider's is its own name.
 BUILTIN_PROTOCOLS = {"openai": "openai-responses", "anthropic": "anthropic-messages"}
 
 
@@ -64,7 +64,8 @@ def load_fixture(path: Path) -> Fixture:
         path=path,
         scenarios=tuple(manifest.get("scenarios", [])),
         provider=manifest["provider"],
-        protocol=manifest.get("protocol") or BUILTIN_PROTOCOLS[manifest["provider"]],
+        protocol=manifest.get("protocol") or BUILTIN_PROTOCOLS.get(manifest["provider"],
+                                                                   manifest["provider"]),
         model=manifest["model"],
         prompt=manifest["prompt"],
         default=bool(manifest.get("default", False)),

@@ -157,6 +157,45 @@ def test_fast_path_and_full_path_agree() -> None:
     assert dump(compact) == dump(padded)
 
 
+def _compact_chunk(content: str, *, ensure_ascii: bool, **choice: Any) -> bytes:
+    body = {"id": CID, "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": content}, "logprobs": None,
+                         "finish_reason": None, **choice}], "usage": None}
+    return ("data: " + json.dumps(body, separators=(",", ":"), ensure_ascii=ensure_ascii)
+            + "\n\n").encode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(max_size=8), min_size=2, max_size=8), st.booleans())
+def test_text_chunks_read_by_their_template_are_the_text(pieces: list[str],
+                                                         ensure_ascii: bool) -> None:
+    """After the first text chunk, the next ones are read around their one JSON string;
+    escapes, quotes, braces and non-ASCII text come out as they went in."""
+    n = ChatCompletionsNormaliser(RID)
+    out = n.feed(b"".join(_compact_chunk(p, ensure_ascii=ensure_ascii) for p in pieces))
+    assert "message" in n._templates or not any(pieces[:1])
+    out += n.feed(finish() + DONE)
+    assert [i.content for i in finals(out)] == ["".join(pieces) or ""]
+    assert text_of(out, f"{CID}_message") == "".join(pieces)
+
+
+def test_a_chunk_that_only_looks_like_the_template_takes_the_full_path() -> None:
+    n = ChatCompletionsNormaliser(RID)
+    out = n.feed(_compact_chunk("a", ensure_ascii=True) + _compact_chunk("b", ensure_ascii=True))
+    prefix, suffix = n._templates["message"]
+    # the same bytes around something that is not one string: a second delta field
+    sneaky = f'data: {prefix}"c","refusal":"d"{suffix}\n\n'.encode()
+    out += n.feed(sneaky + finish() + DONE)
+    assert [i.content for i in finals(out)] == ["abcd"]
+    assert out[-1] == ResponseDone(response_id=RID, status="complete", finish_reason="refusal")
+
+
+def test_ollama_deltas_with_the_role_in_every_chunk() -> None:
+    chunks = [delta(role="assistant", content=c) for c in ("Hi", " there")]
+    out = run(*chunks, delta("stop", role="assistant", content=""), DONE)
+    assert [i.content for i in finals(out)] == ["Hi there"]
+
+
 # --------------------------------------------------------------------------- items
 
 
