@@ -4,7 +4,7 @@ Structure (one root nursery, nothing fire-and-forget)::
 
     open_runtime
     ├── embedded redis-server (unless CODY_REDIS_URL)     runtime/redis_server.py
-    ├── SQLite store                                        runtime/store.py
+    ├── store (SQLite, or PostgreSQL with CODY_STORE_URL)   runtime/store/
     └── root nursery
         ├── supervisor (one_for_one): projector, janitor, extra workers (the HTTP server)
         └── runs nursery: one RunActor per run, never restarted
@@ -35,7 +35,7 @@ from actors.providers.replay import ReplayProvider
 from actors.providers.settings import RequestSettings
 from actors.reader import RunReader
 from actors.run_actor import RunActor, RunLimits, RunLog, RunSpec
-from actors.tools import ToolRunner
+from actors.tools import ExecPolicy, ToolRunner, hide_process_from_commands
 from runtime.clock import SystemClock, WallClock
 from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
 from runtime.envelope import decode_event
@@ -56,7 +56,7 @@ from runtime.keys import Keys
 from runtime.redis_server import embedded_redis
 from runtime.reducer import ResponseReducer
 from runtime.schema import TERMINAL_EVENT_TYPES, TERMINAL_STATUSES, OutputItem, Response
-from runtime.store import SQLiteStore, Thread
+from runtime.store import Store, Thread, open_store
 from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise
 from runtime.turns import TurnAccepted, TurnRequest
 
@@ -87,7 +87,7 @@ class _Finished:
 
 
 class CodyRuntime:
-    def __init__(self, config: RuntimeConfig, *, log_: EventLog, store: SQLiteStore,
+    def __init__(self, config: RuntimeConfig, *, log_: EventLog, store: Store,
                  providers: dict[str, ModelProvider], clock: WallClock,
                  runs_nursery: trio.Nursery, node_id: str, actor_log: RunLog) -> None:
         self.config = config
@@ -185,7 +185,8 @@ class CodyRuntime:
         )
         runner = ToolRunner(self.config.workspace_root, enabled=tools,
                             timeout_s=self.config.tool_timeout_s,
-                            output_cap=self.config.tool_output_cap)
+                            output_cap=self.config.tool_output_cap,
+                            exec_policy=ExecPolicy.from_config(self.config))
         actor = RunActor(spec, log_=self.actor_log, provider=provider, tools=runner,
                          clock=self.clock, limits=RunLimits.from_config(self.config),
                          subscriber_buffer=self.config.subscriber_buffer)
@@ -369,6 +370,8 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                        supervisor: SupervisorOptions | None = None,
                        run_projector: bool = True) -> AsyncIterator[CodyRuntime]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    if config.exec_enabled:
+        hide_process_from_commands()  # exec: our /proc environ and memory hold the keys
     async with AsyncExitStack() as stack:
         url = config.redis_url
         if url is None:
@@ -376,7 +379,7 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
         writer = await stack.enter_async_context(open_redis(url, config.writer_pool_size))
         reader = await stack.enter_async_context(open_redis(url, config.reader_pool_size))
         event_log = EventLog(writer, reader, Keys(config.key_prefix))
-        store = await stack.enter_async_context(SQLiteStore.open(config.effective_store_path))
+        store = await stack.enter_async_context(open_store(config))
         if providers is None:
             providers = await stack.enter_async_context(open_providers(config))
         node_id = new_uuid()

@@ -68,17 +68,13 @@ def response_view(resp: Response) -> dict[str, Any]:
     return view
 
 
-def real_normaliser(provider: str) -> NormaliserFactory:
-    """The real normaliser of a provider, imported late so that this module loads without it."""
-    if provider == "openai":
-        from actors.providers.openai_stream import OpenAIResponsesNormaliser
+def real_normaliser(protocol: str) -> NormaliserFactory:
+    """The real normaliser of a wire protocol (or of a built-in provider id), imported late so
+    that this module loads without it."""
+    from actors.providers.fixtures import BUILTIN_PROTOCOLS
+    from actors.providers.protocols import protocol as wire_protocol
 
-        return OpenAIResponsesNormaliser
-    if provider == "anthropic":
-        from actors.providers.anthropic_stream import AnthropicMessagesNormaliser
-
-        return AnthropicMessagesNormaliser
-    raise KeyError(f"no normaliser for provider {provider!r}")
+    return wire_protocol(BUILTIN_PROTOCOLS.get(protocol, protocol)).normaliser
 
 
 def whole(stream: bytes) -> Iterable[bytes]:
@@ -95,7 +91,15 @@ def fixture_history(fx: Fixture) -> tuple[OutputItem, ...]:
 
 
 def request_settings(fx: Fixture) -> RequestSettings:
-    """The settings the runtime sends for the fixture's model by default."""
+    """The settings the runtime sends for the fixture's model by default (the openai-chat
+    fixtures' models are in their own catalogue, ``cody.toml`` beside them)."""
+    if fx.protocol == "openai-chat":
+        from runtime.catalogue import load_catalogue
+
+        resolved = load_catalogue(fx.path.parent / "cody.toml", {}, required=True).resolve(
+            fx.model)
+        return RequestSettings(model_name=resolved.wire_name,
+                               reasoning_effort="medium" if resolved.reasoning else None)
     entry = DEFAULT_MODELS[fx.model]
     if fx.provider == "openai":
         return RequestSettings(model_name=entry.provider_model,
@@ -167,7 +171,7 @@ class OfflineRun:
             traceparent=new_traceparent(),
             now_ms=self.now_ms or itertools.count(START_MS).__next__, limits=self.limits)
         self._make = (self.normalisers[fx.provider] if self.normalisers is not None
-                      else real_normaliser(fx.provider))
+                      else real_normaliser(fx.protocol))
         self._tools = self.tools or recorded_tools(fx)
 
     def run(self) -> OfflineRun:

@@ -1,4 +1,4 @@
-"""The turn machine over every recorded fixture (openai and anthropic), driven directly by the
+"""The turn machine over every recorded fixture (every protocol), driven directly by the
 offline harness: in any chunking, with any tool outcome, an append refused at any point (an
 outage), a cancel or a failure before any input, the run's stored stream has exactly one
 terminal event (none only if the ending itself could not be stored), gapless ``seq``, and a
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.providers.fixtures import Fixture, FixtureLibrary
-from actors.run_actor import build_request
+from actors.providers.protocols import protocol
 from actors.tools import BUILTIN_TOOLS
 from runtime.errors import RUN_FAILED
 from runtime.reducer import rebuild
@@ -105,7 +105,8 @@ def test_any_chunking_gives_the_expected_response_and_requests(fx: Fixture,
     tools = [BUILTIN_TOOLS[t] for t in fx.tools]
     assert [r.exchange for r in run.requests] == list(range(len(fx.exchanges)))
     for req, ex in zip(run.requests, fx.exchanges, strict=True):
-        assert build_request(fx.provider, req.items, tools, request_settings(fx)) == ex.request
+        build = protocol(fx.protocol).build_request
+        assert build(req.items, tools, request_settings(fx)) == ex.request
     assert every_item_closed(run.stored) or run.response().status == "error"
 
 
