@@ -5,6 +5,8 @@ payloads by hand. The property tests over every fixture are in test_turn_machine
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -130,6 +132,18 @@ def call(item: FunctionCallItem) -> list[Payload]:
 
 def done(reason: str = "stop") -> ResponseDone:
     return ResponseDone(response_id=RUN, status="complete", finish_reason=reason)
+
+
+# --------------------------------------------------------------------------- purity
+
+
+def test_the_machine_imports_no_io() -> None:
+    """Pure: importing it pulls in neither trio, coredis, httpx nor anything of actors/."""
+    probe = ("import sys, runtime.turn_machine; print(sorted(m for m in sys.modules "
+             "if m.split('.')[0] in ('trio', 'coredis', 'httpx', 'anyio', 'actors')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- start
