@@ -506,10 +506,10 @@ class TurnMachine:
 
     def _stamp(self, payloads: list[Payload], *, terminal: bool) -> Append:
         """The payloads as the next events (seq, time, trace), encoded, as one batch."""
-        merged = coalesce_deltas(payloads, self.limits.coalesce_max_chars)
-        make = self._factory.make
-        events = tuple([make(p) for p in merged])
-        data = tuple([encode_event(ev) for ev in events])
+        if len(payloads) > 1:
+            payloads = coalesce_deltas(payloads, self.limits.coalesce_max_chars)
+        events = tuple(map(self._factory.make, payloads))
+        data = tuple(map(encode_event, events))
         checkpoint = events[-1].seq if terminal or self._outbox_checkpoint else None
         self._outbox = []
         self._outbox_checkpoint = False
