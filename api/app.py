@@ -22,8 +22,15 @@ from actors.system import CodyRuntime
 from api.errors import from_cody, from_http, from_unexpected, validation_failed
 from api.models import ThreadCreate, ThreadPatch
 from api.openapi import openapi_document
-from runtime.errors import CodyError, PayloadTooLarge, ValidationFailed
+from runtime.errors import (
+    CodyError,
+    PayloadTooLarge,
+    RedisUnavailable,
+    StoreUnavailable,
+    ValidationFailed,
+)
 from runtime.ids import is_uuid
+from runtime.sse import KEEP_ALIVE, STREAM_OPEN
 from runtime.turns import TurnRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -110,11 +117,11 @@ def create_app(runtime: CodyRuntime) -> QuartTrio:
 
         async def frames() -> AsyncIterator[bytes]:
             try:
-                yield b": stream open\n\n"
+                yield STREAM_OPEN
                 while True:
                     batch = await reader.next_batch(keepalive)
                     if batch is None:
-                        yield b": keep-alive\n\n"
+                        yield KEEP_ALIVE
                     elif batch:
                         yield b"".join(e.frame for e in batch)
                     if reader.done:
@@ -178,11 +185,10 @@ def create_app(runtime: CodyRuntime) -> QuartTrio:
     @app.get("/ready")
     async def ready() -> Response:
         checks = await runtime.ready()
-        ok = all(checks.values())
-        if not ok:
-            return _json({"error": {"code": "REDIS_UNAVAILABLE" if not checks["redis"]
-                                    else "STORE_UNAVAILABLE", "message": "not ready",
-                                    "details": checks}}, 503)
+        if not checks["redis"]:
+            raise RedisUnavailable("not ready", details=checks)
+        if not checks["store"]:
+            raise StoreUnavailable("not ready", details=checks)
         return _json({"status": "ready", **checks})
 
     @app.get("/openapi.json")

@@ -32,7 +32,12 @@ import trio
 
 from actors.providers.provider import ModelProvider, ProviderCall
 from runtime.config import RuntimeConfig
-from runtime.errors import ProviderError
+from runtime.errors import (
+    PROVIDER_CONNECTION_LOST,
+    PROVIDER_IDLE_TIMEOUT,
+    PROVIDER_UNREACHABLE,
+    ProviderError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +133,7 @@ class HttpProvider:
             except httpx.TransportError as exc:
                 if attempt >= self.retry.max_retries:
                     raise ProviderError(f"{self.kind}: cannot reach {self.url}: {exc!r}",
-                                        code="PROVIDER_UNREACHABLE",
+                                        code=PROVIDER_UNREACHABLE,
                                         details=self._details(attempts=attempt + 1)) from exc
                 delay = self.retry.delay(attempt, None, self.rng)
                 log.warning("%s: %r; retry %d in %.2fs", self.kind, exc, attempt + 1, delay)
@@ -175,12 +180,12 @@ class HttpProvider:
                 except httpx.TransportError as exc:
                     raise ProviderError(
                         f"{self.kind}: connection lost mid-stream: {exc!r}",
-                        code="PROVIDER_CONNECTION_LOST",
+                        code=PROVIDER_CONNECTION_LOST,
                         details=self._details(response.status_code)) from exc
             if chunk is None:
                 raise ProviderError(
                     f"{self.kind}: no data for {self.idle_timeout_s:g} s",
-                    code="PROVIDER_IDLE_TIMEOUT", details=self._details(response.status_code))
+                    code=PROVIDER_IDLE_TIMEOUT, details=self._details(response.status_code))
             yield chunk
 
 
