@@ -17,16 +17,14 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
-from runtime.envelope import decode_event
 from runtime.errors import CodyError
 from runtime.eventlog import Checkpoint
-from runtime.reducer import ResponseReducer
 from runtime.schema import Response
+from runtime.stream_fold import StreamFold, fold_stream
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +53,6 @@ class ProjectorStore(Protocol):
                                ) -> list[bool]: ...
 
 
-@dataclass(slots=True)
-class _RunCursor:
-    reducer: ResponseReducer = field(default_factory=ResponseReducer)
-    last_id: str = "0-0"
-
-
 class Projector:
     def __init__(self, log_: ProjectorLog, store: ProjectorStore, *, consumer: str,
                  claim_idle_ms: int, block_ms: int, retention_s: int,
@@ -73,7 +65,7 @@ class Projector:
         self._block_ms = block_ms
         self._retention_s = retention_s
         self._batch = batch
-        self._cache: OrderedDict[str, _RunCursor] = OrderedDict()
+        self._cache: OrderedDict[str, StreamFold] = OrderedDict()
         self._cache_size = cache_size
         self.persisted = 0
         self._trim_interval_s = trim_interval_s
@@ -113,7 +105,7 @@ class Projector:
         wanted: dict[str, int] = {}
         for c in checkpoints:
             wanted[c.run_id] = max(wanted.get(c.run_id, 0), c.seq)
-        folded: list[tuple[str, _RunCursor]] = []
+        folded: list[tuple[str, StreamFold]] = []
         for run_id, seq in wanted.items():
             try:
                 cursor = await self._fold(run_id, seq)
@@ -137,15 +129,9 @@ class Projector:
                 self._cache.popitem(last=False)
         await self._log.ack([c.entry_id for c in checkpoints])
 
-    async def _fold(self, run_id: str, seq: int) -> _RunCursor | None:
+    async def _fold(self, run_id: str, seq: int) -> StreamFold | None:
         """The run's reducer advanced to at least ``seq`` (None: the stream has expired,
         so an earlier projector persisted it)."""
-        cursor = self._cache.pop(run_id, None) or _RunCursor()
-        while cursor.reducer.last_seq < seq:
-            page = await self._log.read_after(run_id, cursor.last_id, 1000)
-            if not page:
-                break
-            for entry_id, raw in page:
-                cursor.reducer.apply(decode_event(raw))
-                cursor.last_id = entry_id
+        cursor = self._cache.pop(run_id, None) or StreamFold(run_id)
+        await fold_stream(self._log, cursor, until_seq=seq)
         return cursor if cursor.reducer.started else None

@@ -38,7 +38,6 @@ from actors.run_actor import RunActor, RunLimits, RunLog, RunSpec
 from actors.tools import ToolRunner
 from runtime.clock import SystemClock, WallClock
 from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
-from runtime.envelope import decode_event
 from runtime.errors import (
     Conflict,
     InvalidModel,
@@ -54,9 +53,9 @@ from runtime.group_commit import GroupCommitter
 from runtime.ids import new_uuid
 from runtime.keys import Keys
 from runtime.redis_server import embedded_redis
-from runtime.reducer import ResponseReducer
 from runtime.schema import TERMINAL_EVENT_TYPES, TERMINAL_STATUSES, OutputItem, Response
 from runtime.store import SQLiteStore, Thread
+from runtime.stream_fold import replay_response
 from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise
 from runtime.turns import TurnAccepted, TurnRequest
 
@@ -238,16 +237,7 @@ class CodyRuntime:
 
     async def rebuild(self, run_id: str) -> Response | None:
         """The Response replayed from the run's stream (it can always be rebuilt)."""
-        reducer = ResponseReducer()
-        cursor = "0-0"
-        while True:
-            page = await self.log.read_after(run_id, cursor, 1000)
-            if not page:
-                break
-            for entry_id, raw in page:
-                reducer.apply(decode_event(raw))
-                cursor = entry_id
-        return reducer.snapshot() if reducer.started else None
+        return await replay_response(self.log, run_id)
 
     async def open_reader(self, run_id: str, cursor: str | None) -> RunReader | None:
         """A reader after ``cursor``; ``None`` when the cursor is already past the end."""
