@@ -6,6 +6,9 @@ replaying the run's own stream (the stream is the truth; the checkpoint only say
 go), upserts it (the store keeps the highest seq, so a replay or a second projector changes
 nothing), and only then XACKs. Entries a dead projector left pending are taken over with
 XAUTOCLAIM once idle long enough, so a crash loses nothing. Terminal runs get the retention TTL.
+A poison run (an event in its stream that cannot be folded) is logged, counted (``poisoned``)
+and acked; the others are persisted as usual. Only an outage (an infrastructure error) stops
+the projector, for its supervisor to wait out.
 
 A small cache keeps each live run's reducer and cursor, so a long run is read once, not once
 per checkpoint. After a read that found work the projector lingers a moment (``linger_s``) so
@@ -21,7 +24,7 @@ from typing import Protocol
 
 import trio
 
-from runtime.errors import CodyError
+from runtime.errors import CorruptStream, is_infrastructure
 from runtime.eventlog import Checkpoint
 from runtime.schema import Response
 from runtime.stream_fold import StreamFold, fold_stream
@@ -68,6 +71,8 @@ class Projector:
         self._cache: OrderedDict[str, StreamFold] = OrderedDict()
         self._cache_size = cache_size
         self.persisted = 0
+        self.poisoned = 0
+        """Runs skipped because their stream cannot be folded (each time one is met)."""
         self._trim_interval_s = trim_interval_s
         self._linger_s = linger_s
 
@@ -109,10 +114,17 @@ class Projector:
         for run_id, seq in wanted.items():
             try:
                 cursor = await self._fold(run_id, seq)
-            except CodyError:
-                raise
-            except Exception:  # a poisoned run must not stop persistence of the others
-                log.exception("projector: cannot rebuild run %s; skipping it", run_id)
+            except Exception as exc:
+                if is_infrastructure(exc):
+                    raise  # Redis is down: the supervisor waits it out; nothing was acked
+                # A poison run (its stream cannot be folded) is logged, counted and acked
+                # with the rest: retrying it would fail the same way forever, and a crash
+                # would leave its checkpoint pending, to be claimed and crash us again.
+                self.poisoned += 1
+                if isinstance(exc, CorruptStream):
+                    log.error("projector: skipping poison run %s: %s", run_id, exc.message)
+                else:
+                    log.exception("projector: cannot rebuild run %s; skipping it", run_id)
                 continue
             if cursor is not None:
                 folded.append((run_id, cursor))
