@@ -28,7 +28,7 @@ import trio
 from actors.fanout import Fanout
 from actors.janitor import Janitor
 from actors.projector import Projector
-from actors.providers.fixtures import DEFAULT_FIXTURES_DIR, FixtureLibrary
+from actors.providers.fixtures import FixtureLibrary, default_fixtures_dir
 from actors.providers.live import open_live_providers
 from actors.providers.provider import ModelProvider
 from actors.providers.replay import ReplayProvider
@@ -344,7 +344,7 @@ class _ActorLog:
 async def open_providers(config: RuntimeConfig) -> AsyncIterator[dict[str, ModelProvider]]:
     """Replay mode plays fixtures for both providers; live mode has a client per key."""
     if config.replay:
-        fixtures = FixtureLibrary(config.fixtures_dir or DEFAULT_FIXTURES_DIR)
+        fixtures = FixtureLibrary(config.fixtures_dir or default_fixtures_dir())
         record = config.data_dir / "replay-requests.jsonl" if config.replay_record_requests \
             else None
         replay = ReplayProvider(fixtures, delay_s=config.replay_delay_s, record_path=record)

@@ -61,7 +61,9 @@ class RuntimeConfig(BaseModel):
     fixtures_dir: Path | None = None
     replay_delay_s: float = 0.0
     """Pause between SSE blocks of a replayed stream (0: as fast as possible)."""
-    replay_record_requests: bool = True
+    replay_record_requests: bool = False
+    """Append every provider request a replayed turn would send to
+    ``data_dir/replay-requests.jsonl`` (tests read it; off by default: it grows forever)."""
     openai_api_key: str | None = None
     openai_base_url: str = "https://api.openai.com/v1"
     anthropic_api_key: str | None = None
@@ -164,8 +166,10 @@ class RuntimeConfig(BaseModel):
         put("drain_timeout_s", "CODY_DRAIN_TIMEOUT_S", float)
         put("default_provider", "CODY_DEFAULT_PROVIDER")
         put("default_model", "CODY_DEFAULT_MODEL")
-        if e.get("CODY_EXEC"):
-            values["exec_enabled"] = e["CODY_EXEC"].lower() in ("1", "true", "yes", "on")
+        for name, var in (("exec_enabled", "CODY_EXEC"),
+                          ("replay_record_requests", "CODY_REPLAY_RECORD_REQUESTS")):
+            if e.get(var):
+                values[name] = e[var].lower() in ("1", "true", "yes", "on")
         replay_env = e.get("CODY_REPLAY")
         if replay_env:
             values["replay"] = replay_env.lower() in ("1", "true", "yes", "on")
