@@ -15,7 +15,7 @@ import trio
 from actors.local_runs import LocalRuns
 from runtime.errors import RedisUnavailable, StoreUnavailable
 from runtime.eventlog import EventLog
-from runtime.store import SQLiteStore
+from runtime.store import Store
 
 CHECK_TIMEOUT_S = 2.0
 """Each readiness check gives up after this."""
@@ -41,7 +41,7 @@ class Readiness:
 
 
 class Lifecycle:
-    def __init__(self, *, runs: LocalRuns, log_: EventLog, store: SQLiteStore) -> None:
+    def __init__(self, *, runs: LocalRuns, log_: EventLog, store: Store) -> None:
         self._runs = runs
         self._log = log_
         self._store = store

@@ -23,14 +23,14 @@ from runtime.clock import WallClock
 from runtime.errors import NotFound, StreamExpired, ValidationFailed
 from runtime.eventlog import EventLog, entry_key
 from runtime.schema import TERMINAL_EVENT_TYPES, TERMINAL_STATUSES, Response
-from runtime.store import SQLiteStore
+from runtime.store import Store
 from runtime.stream_fold import replay_response
 
 _CURSOR = re.compile(r"^\d+-\d+$")
 
 
 class ReadingService:
-    def __init__(self, *, runs: LocalRuns, log_: EventLog, store: SQLiteStore,
+    def __init__(self, *, runs: LocalRuns, log_: EventLog, store: Store,
                  clock: WallClock) -> None:
         self._runs = runs
         self._log = log_

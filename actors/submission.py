@@ -20,7 +20,7 @@ from actors.providers.provider import ModelProvider
 from actors.providers.settings import RequestSettings
 from actors.reading import ReadingService
 from actors.run_actor import RunActor, RunLimits, RunSpec
-from actors.tools import ToolRunner
+from actors.tools import ExecPolicy, ToolRunner
 from runtime.clock import WallClock
 from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
 from runtime.errors import (
@@ -34,7 +34,7 @@ from runtime.eventlog import EventLog
 from runtime.group_commit import GroupCommitter
 from runtime.ids import new_uuid
 from runtime.schema import OutputItem, Response
-from runtime.store import SQLiteStore
+from runtime.store import Store
 from runtime.turns import TurnAccepted, TurnRequest
 
 PROVIDERS = ("openai", "anthropic")
@@ -60,7 +60,7 @@ class ActorLog:
 
 class SubmissionService:
     def __init__(self, config: RuntimeConfig, *, runs: LocalRuns, log_: EventLog,
-                 store: SQLiteStore, providers: dict[str, ModelProvider], clock: WallClock,
+                 store: Store, providers: dict[str, ModelProvider], clock: WallClock,
                  node_id: str, actor_log: ActorLog, reading: ReadingService) -> None:
         self._config = config
         self._runs = runs
@@ -160,7 +160,8 @@ class SubmissionService:
             history=tuple(await self.history(thread_id)) if req.thread_id else (),
         )
         runner = ToolRunner(cfg.workspace_root, enabled=tools, timeout_s=cfg.tool_timeout_s,
-                            output_cap=cfg.tool_output_cap)
+                            output_cap=cfg.tool_output_cap,
+                            exec_policy=ExecPolicy.from_config(cfg))
         actor = RunActor(spec, log_=self._actor_log, provider=provider, tools=runner,
                          clock=self._clock,
                          limits=RunLimits(max_iterations=cfg.max_iterations,

@@ -5,7 +5,7 @@ Structure (one root nursery, nothing fire-and-forget)::
 
     open_runtime
     ├── embedded redis-server (unless CODY_REDIS_URL)     runtime/redis_server.py
-    ├── SQLite store                                        runtime/store.py
+    ├── store (SQLite, or PostgreSQL with CODY_STORE_URL)   runtime/store/
     └── root nursery
         ├── group committer                                 runtime/group_commit.py
         ├── supervisor (one_for_one): projector, janitor, extra workers (the HTTP server)
@@ -42,6 +42,7 @@ from actors.providers.replay import ReplayProvider
 from actors.reading import ReadingService
 from actors.submission import ActorLog, SubmissionService
 from actors.threads import ThreadService
+from actors.tools import hide_process_from_commands
 from runtime.clock import SystemClock, WallClock
 from runtime.config import RuntimeConfig
 from runtime.eventlog import EventLog, open_redis
@@ -49,7 +50,7 @@ from runtime.group_commit import GroupCommitter
 from runtime.ids import new_uuid
 from runtime.keys import Keys
 from runtime.redis_server import embedded_redis
-from runtime.store import SQLiteStore
+from runtime.store import Store, open_store
 from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class CodyRuntime(Services):
     workers, tests and benchmarks look at."""
 
     log: EventLog
-    store: SQLiteStore
+    store: Store
     runs: LocalRuns
     projector: Projector | None
 
@@ -98,6 +99,8 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                        supervisor: SupervisorOptions | None = None,
                        run_projector: bool = True) -> AsyncIterator[CodyRuntime]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    if config.exec_enabled:
+        hide_process_from_commands()  # exec: our /proc environ and memory hold the keys
     async with AsyncExitStack() as stack:
         url = config.redis_url
         if url is None:
@@ -105,7 +108,7 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
         writer = await stack.enter_async_context(open_redis(url, config.writer_pool_size))
         reader = await stack.enter_async_context(open_redis(url, config.reader_pool_size))
         event_log = EventLog(writer, reader, Keys(config.key_prefix))
-        store = await stack.enter_async_context(SQLiteStore.open(config.effective_store_path))
+        store = await stack.enter_async_context(open_store(config))
         if providers is None:
             providers = await stack.enter_async_context(open_providers(config))
         node_id = new_uuid()

@@ -13,14 +13,14 @@ from actors.local_runs import LocalRuns, freshest
 from runtime.errors import NotFound, ValidationFailed
 from runtime.ids import new_uuid
 from runtime.schema import Response
-from runtime.store import SQLiteStore, Thread
+from runtime.store import Store, Thread
 
 MAX_PAGE = 500
 """The most threads one listing returns."""
 
 
 class ThreadService:
-    def __init__(self, *, runs: LocalRuns, store: SQLiteStore) -> None:
+    def __init__(self, *, runs: LocalRuns, store: Store) -> None:
         self._runs = runs
         self._store = store
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.errors import ValidationFailed
 
 ProviderId = Literal["openai", "anthropic"]
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 class ModelEntry(BaseModel):
@@ -38,6 +39,11 @@ DEFAULT_MODELS: dict[str, ModelEntry] = {
 
 DEFAULT_PROVIDER_MODEL: dict[str, str] = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4.5"}
 
+EXEC_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "TERM")
+"""The server's variables an ``exec`` command sees (plus ``CODY_EXEC_ENV_ALLOW``); nothing else."""
+DEFAULT_EXEC_ENV: dict[str, str] = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+_NEVER_TO_EXEC = frozenset({"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CODY_API_KEYS"})
+
 
 class RuntimeConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -49,6 +55,13 @@ class RuntimeConfig(BaseModel):
     key_prefix: str = "cody"
     store_path: Path | None = None
     """None: ``data_dir / "cody.db"``."""
+    store_url: str | None = None
+    """None: SQLite at ``effective_store_path``; ``sqlite:///path``: SQLite there;
+    ``postgresql://…``: PostgreSQL (runtime/store/postgres.py), for several nodes."""
+    store_pool_size: int = Field(default=8, ge=1)
+    """PostgreSQL connections per node (and worker threads that use them)."""
+    store_timeout_s: float = Field(default=3.0, gt=0)
+    """PostgreSQL: a call that gets no connection within this fails with 503."""
 
     # HTTP
     host: str = "127.0.0.1"
@@ -108,6 +121,18 @@ class RuntimeConfig(BaseModel):
     left for the janitor (RUN_ORPHANED)."""
     writer_pool_size: int = 32
 
+    # the exec tool's confinement (actors/tools/sandbox.py; README, Security); 0: no limit
+    exec_env: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_EXEC_ENV), repr=False)
+    """What a command's environment starts from (HOME and TMPDIR are set per command)."""
+    exec_user: str | None = None
+    """Run commands as this user (name, uid or uid:gid); the server must be root for it."""
+    exec_cpu_s: int = 60
+    exec_memory_mb: int = 4096
+    exec_max_processes: int = 256
+    """RLIMIT_NPROC counts every process of the user (the server's threads too); root is exempt."""
+    exec_max_file_mb: int = 1024
+    exec_max_open_files: int = 1024
+
     @property
     def effective_store_path(self) -> Path:
         return self.store_path or self.data_dir / "cody.db"
@@ -143,6 +168,14 @@ class RuntimeConfig(BaseModel):
         put("redis_url", "CODY_REDIS_URL")
         put("key_prefix", "CODY_KEY_PREFIX")
         put("store_path", "CODY_STORE_PATH", Path)
+        put("store_url", "CODY_STORE_URL")
+        store_scheme = str(values.get("store_url", "sqlite:")).split(":", 1)[0].lower()
+        if store_scheme not in STORE_SCHEMES:  # the URL itself may hold a password: not shown
+            raise ValidationFailed(f"CODY_STORE_URL: unknown scheme {store_scheme!r}; use "
+                                   "sqlite:///path or postgresql://…",
+                                   details={"field": "CODY_STORE_URL"})
+        put("store_pool_size", "CODY_STORE_POOL_SIZE", int)
+        put("store_timeout_s", "CODY_STORE_TIMEOUT_S", float)
         put("host", "CODY_HOST")
         put("port", "CODY_PORT", int)
         put("keepalive_s", "CODY_KEEPALIVE_S", float)
@@ -166,6 +199,17 @@ class RuntimeConfig(BaseModel):
         put("drain_timeout_s", "CODY_DRAIN_TIMEOUT_S", float)
         put("default_provider", "CODY_DEFAULT_PROVIDER")
         put("default_model", "CODY_DEFAULT_MODEL")
+        put("exec_user", "CODY_EXEC_USER")
+        put("exec_cpu_s", "CODY_EXEC_CPU_S", int)
+        put("exec_memory_mb", "CODY_EXEC_MEMORY_MB", int)
+        put("exec_max_processes", "CODY_EXEC_MAX_PROCESSES", int)
+        put("exec_max_file_mb", "CODY_EXEC_MAX_FILE_MB", int)
+        put("exec_max_open_files", "CODY_EXEC_MAX_OPEN_FILES", int)
+        allow = [n.strip() for n in e.get("CODY_EXEC_ENV_ALLOW", "").split(",") if n.strip()]
+        if secret := _NEVER_TO_EXEC.intersection(allow):
+            raise ValidationFailed(f"CODY_EXEC_ENV_ALLOW: {sorted(secret)[0]} is a secret",
+                                   details={"field": "CODY_EXEC_ENV_ALLOW"})
+        values["exec_env"] = {n: e[n] for n in (*EXEC_ENV_NAMES, *allow) if n in e}
         for name, var in (("exec_enabled", "CODY_EXEC"),
                           ("replay_record_requests", "CODY_REPLAY_RECORD_REQUESTS")):
             if e.get(var):
