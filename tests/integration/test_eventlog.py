@@ -1,4 +1,5 @@
-"""The Redis event log against real Redis: TCP on 127.0.0.1:6379 and the embedded server."""
+"""The Redis event log against real Redis: TCP on 127.0.0.1:6379, the embedded server and a
+3-master Redis Cluster (the ``redis_url`` fixture)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,19 @@ def test_keys_layout() -> None:
     keys = Keys("cody")
     assert keys.run_events("r1") == "cody:run:{r1}:events"
     assert keys.run_meta("r1") == "cody:run:{r1}:meta"
-    assert keys.persist_stream == "cody:persist"
     assert keys.projector_group == "cody-projector"
     assert Keys("x").run_keys("r") == ("x:run:{r}:events", "x:run:{r}:meta")
+    assert keys.persist_streams == tuple(f"cody:persist:{{{i}}}" for i in range(16))
+    assert Keys("x", 4).live_shards == ("x:live:{0}", "x:live:{1}", "x:live:{2}", "x:live:{3}")
+    assert keys.node_lease("n1") == "cody:node:{n1}:lease"
+    assert (keys.legacy_persist_stream, keys.legacy_live_runs) == ("cody:persist", "cody:live")
+    # a run's shard is stable (CRC-32, not Python's salted hash) and spreads runs over all
+    assert keys.shard_of("run-1") == keys.shard_of("run-1") == 3
+    assert keys.persist_stream_for("run-1") == "cody:persist:{3}"
+    assert keys.live_runs_for("run-1") == "cody:live:{3}"
+    assert {keys.shard_of(str(uuid.uuid4())) for _ in range(500)} == set(range(16))
+    with pytest.raises(ValueError):
+        Keys("x", 0)
 
 
 async def test_append_then_read_after(redis_url: str, key_prefix: str) -> None:
@@ -148,9 +159,9 @@ async def test_checkpoints_follow_their_events(redis_url: str, key_prefix: str) 
             assert [(c.run_id, c.seq) for c in taken] == [(run, 3), (run, 4)]
             assert len(ids) == 3 and len(more) == 1
             assert await log.pending_count() == 2
-            await log.ack([taken[0].entry_id])
+            await log.ack([taken[0]])
             assert await log.pending_count() == 1
-            await log.ack([c.entry_id for c in taken])
+            await log.ack(taken)
             await log.ack([])
             assert await log.pending_count() == 0
 
@@ -186,11 +197,11 @@ async def test_autoclaim_takes_over_from_a_dead_consumer(redis_url: str,
             assert await log.claim_checkpoints("rescuer", 300, 100) == []  # not idle yet
             await trio.sleep(0.4)
             claimed = await log.claim_checkpoints("rescuer", 300, 3)
-            assert [c.entry_id for c in claimed] == [c.entry_id for c in taken[:3]]
-            rest = await log.claim_checkpoints("rescuer", 300, 100)
-            assert [(c.run_id, c.seq) for c in rest] == [(r, i) for i, r in
-                                                         enumerate(runs, start=1)][3:]
-            await log.ack([c.entry_id for c in claimed + rest])
+            assert len(claimed) == 3 and set(claimed) <= set(taken)  # count bounds the claim
+            rest = await log.claim_checkpoints("rescuer", 300, 100)  # the others, once each
+            assert sorted((c.run_id, c.seq) for c in claimed + rest) == sorted(
+                (r, i) for i, r in enumerate(runs, start=1))
+            await log.ack(claimed + rest)
             assert await log.pending_count() == 0
             assert await log.claim_checkpoints("rescuer", 0, 100) == []
 
@@ -201,9 +212,10 @@ async def test_malformed_checkpoints_are_dropped_and_acked(redis_url: str,
         async with open_log(redis_url, key_prefix) as log, \
                 open_redis(redis_url, 2) as raw:
             await log.ensure_group()
-            await raw.xadd(log.keys.persist_stream, {"run_id": "r", "seq": "nope"})
-            await raw.xadd(log.keys.persist_stream, {"something": "else"})
             run = run_id()
+            shard = log.keys.persist_stream_for(run)
+            await raw.xadd(shard, {"run_id": "r", "seq": "nope"})
+            await raw.xadd(log.keys.persist_shard(0), {"something": "else"})
             await log.append(run, events(1), checkpoint_seq=1)
             taken = await log.read_checkpoints("c1", 10, 0)
             assert [(c.run_id, c.seq) for c in taken] == [(run, 1)]
@@ -220,10 +232,10 @@ async def test_trim_persist_keeps_unacked(redis_url: str, key_prefix: str) -> No
                 await log.append(run, events(1, start=seq), checkpoint_seq=seq)
                 await trio.sleep(0.005)  # distinct milliseconds: trimming is by ms
             first = await log.read_checkpoints("c1", 2, 0)
-            await log.ack([first[0].entry_id])
+            await log.ack([first[0]])
             await trio.sleep(0.005)
             await log.trim_persist()
-            remaining = await raw.xrange(log.keys.persist_stream, "-", "+")
+            remaining = await raw.xrange(log.keys.persist_stream_for(run), "-", "+")
             # the acked first entry may go; the pending second and the unread third stay
             ids = [str(e.identifier, "ascii") if isinstance(e.identifier, bytes)
                    else e.identifier for e in remaining]
