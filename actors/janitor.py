@@ -69,6 +69,9 @@ class Janitor:
         """Orphans this janitor ended (wrote RUN_ORPHANED for)."""
         self.settled = 0
         """Runs found ended but still registered, checkpointed and unregistered again."""
+        self.lost = 0
+        """Orphans this janitor found but did not end (another janitor was first, or the run
+        moved on): the atomic check at work."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -120,6 +123,7 @@ class Janitor:
             # "moved": someone wrote after what we read (another janitor's ending, or an actor
             # after all); "ended"/"gone"/"owner": not ours to end. The next sweep decides again.
             log.info("janitor: run %s not ended here (%s)", run_id, result.outcome)
+            self.lost += 1
             return False
         await self._settle(run_id, ending.seq)
         log.warning("janitor: ended orphaned run %s (%s)", run_id, why)

@@ -29,6 +29,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     cx.ClusterDownError,  # CLUSTERDOWN: some slot is not served
     cx.ClusterError,  # redirections or retries exhausted (slots moving, node down)
     cx.ClusterRoutingError,
+    cx.ClusterResponseError,  # a command sent to every node (PING) that some could not answer
     cx.AskError,  # includes MovedError: a slot still moving once coredis gave up following
     cx.TryAgainError,  # a multi-key command during resharding
     cx.ReadOnlyError,  # failover in progress: a replica answered for its old primary

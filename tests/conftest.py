@@ -20,7 +20,6 @@ import pytest
 import trio
 
 from runtime.eventlog import open_redis
-from tests.redis_cluster import redis_cluster
 from runtime.redis_server import (
     LOG_NAME,
     ping_socket,
@@ -28,6 +27,7 @@ from runtime.redis_server import (
     server_args,
     socket_path_for,
 )
+from tests.redis_cluster import redis_cluster
 
 TCP_REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from runtime.errors import RedisUnavailable
-from runtime.eventlog import Checkpoint, EventLog, open_redis
+from runtime.eventlog import Checkpoint, EventLog, OrphanEnding, open_redis
 from runtime.keys import Keys
 
 
@@ -326,3 +326,124 @@ def test_unsupported_url() -> None:
 
     with pytest.raises(ValueError, match="unsupported Redis URL"):
         trio.run(main)
+
+
+async def test_tail_many_wakes_on_any_run(redis_url: str, key_prefix: str) -> None:
+    """Many runs' streams (different slots on a cluster) in one blocking read: it returns as
+    soon as one has entries, each run with its own entries after its own cursor."""
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix, max_block_ms=3000) as log:
+            runs = [run_id() for _ in range(8)]
+            first = {run: (await log.append(run, events(2)))[0] for run in runs}
+            got = await log.tail_many(first, 0, 10)  # non-blocking: one entry after each
+            assert {run: [i for i, _ in e] for run, e in got.items()} == {
+                run: [i for i, _ in await log.read_after(run, first[run], 10)] for run in runs}
+            cursors = {run: entries[-1][0] for run, entries in got.items()}
+            assert await log.tail_many(cursors, 0, 10) == {}
+            woke: dict[str, list[tuple[str, bytes]]] = {}
+
+            async def tail() -> None:
+                woke.update(await log.tail_many(cursors, 3000, 10))
+
+            t0 = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tail)
+                await trio.sleep(0.2)
+                assert woke == {}
+                ids = await log.append(runs[5], events(1, start=3))
+            assert woke == {runs[5]: [(ids[0], events(1, start=3)[0])]}
+            assert trio.current_time() - t0 < 1.5  # woken, not timed out
+            t0 = trio.current_time()
+            assert await log.tail_many({runs[0]: cursors[runs[0]]}, 200, 10) == {}
+            assert trio.current_time() - t0 >= 0.15
+
+
+async def test_a_checkpoint_never_overtakes_its_events(redis_url: str, key_prefix: str) -> None:
+    """Batches of many runs, each with a checkpoint (another slot on a cluster): whenever a
+    reader sees a checkpoint, the events it names are already in the run's stream. (Within
+    one process the window a cross-node pipeline would leave is too short to hit; the rule
+    that closes it is in ``EventLog.append_many``.)"""
+    with trio.fail_after(20):
+        async with open_log(redis_url, key_prefix) as log:
+            await log.ensure_group()
+            runs = [run_id() for _ in range(40)]
+            seen: list[Checkpoint] = []
+
+            async def projector() -> None:
+                while len(seen) < len(runs) * 5:
+                    for c in await log.read_checkpoints("p", 100, 50):
+                        have = await log.read_after(c.run_id, "0-0", 1000)
+                        assert len(have) >= c.seq, (c, len(have))
+                        seen.append(c)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(projector)
+                for seq in range(1, 6):
+                    await log.append_many([(run, events(3, start=3 * seq - 2), 3 * seq)
+                                           for run in runs])
+            assert sorted((c.run_id, c.seq) for c in seen) == sorted(
+                (run, 3 * seq) for run in runs for seq in range(1, 6))
+            assert {c.shard for c in seen} == {log.keys.shard_of(r) for r in runs}
+
+
+async def test_legacy_single_keys_move_into_the_shards(redis_url: str, key_prefix: str) -> None:
+    """A Redis written by the pre-sharding version (one cody:persist stream with its group,
+    one cody:live hash) loses no checkpoint and no live run on upgrade."""
+    with trio.fail_after(15):
+        async with open_log(redis_url, key_prefix) as log, open_redis(redis_url, 2) as raw:
+            keys = log.keys
+            runs = [run_id() for _ in range(30)]
+            await raw.xgroup_create(keys.legacy_persist_stream, keys.projector_group, "0",
+                                    mkstream=True)
+            for i, run in enumerate(runs, start=1):
+                await raw.xadd(keys.legacy_persist_stream, {"run_id": run, "seq": str(i)})
+            await raw.xadd(keys.legacy_persist_stream, {"run_id": "broken"})  # dropped
+            # an old projector had read (not acked) the first ten
+            await raw.xreadgroup(keys.projector_group, "old", {keys.legacy_persist_stream: ">"},
+                                 count=10)
+            await raw.hset(keys.legacy_live_runs, {runs[0]: "n1", runs[1]: "n2"})
+
+            await log.ensure_group()  # what a projector does at start
+            assert await raw.exists([keys.legacy_persist_stream]) == 0
+            got: list[Checkpoint] = []
+            while batch := await log.read_checkpoints("new", 100, 0):
+                got += batch
+            assert sorted((c.run_id, c.seq) for c in got) == sorted(
+                (run, i) for i, run in enumerate(runs, start=1))
+            assert all(c.shard == keys.shard_of(c.run_id) for c in got)
+            await log.ensure_group()  # a second start (or a second node): nothing to move
+            assert await log.read_checkpoints("new", 100, 0) == []
+
+            assert await log.migrate_legacy_live() == 2  # what a janitor does each sweep
+            assert await log.live_runs() == {runs[0]: "n1", runs[1]: "n2"}
+            assert await raw.exists([keys.legacy_live_runs]) == 0
+            assert await log.migrate_legacy_live() == 0
+
+
+async def test_end_orphan_appends_only_on_what_was_decided(redis_url: str,
+                                                          key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            run = run_id()
+            await log.put_meta(run, {"status": "in_progress", "node": "dead"})
+            ids = await log.append(run, events(2))
+            ending = b'{"seq":3,"type":"response_error"}'
+            # decided on a stale entry: someone wrote since
+            moved = await log.end_orphan(run, last_id=ids[0], event=ending, owner="dead",
+                                         by="j1")
+            assert (moved.outcome, moved.entry_id) == ("moved", ids[1])
+            other = await log.end_orphan(run, last_id=ids[1], event=ending, owner="n2", by="j1")
+            assert (other.outcome, other.entry_id) == ("owner", "dead")
+            done = await log.end_orphan(run, last_id=ids[1], event=ending, owner="dead",
+                                        by="j1")
+            assert done.outcome == "appended" and done.entry_id is not None
+            assert await log.last_raw(run) == (done.entry_id, ending)
+            meta = await log.get_meta(run)
+            assert (meta["status"], meta["ended_by"]) == ("error", "j1")
+            again = await log.end_orphan(run, last_id=done.entry_id, event=ending,
+                                         owner="dead", by="j2")
+            assert again.outcome == "ended"
+            assert len(await log.read_all(run)) == 3
+            gone = await log.end_orphan(run_id(), last_id="1-0", event=ending, owner="dead",
+                                        by="j1")
+            assert gone == OrphanEnding("gone")
