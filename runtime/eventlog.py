@@ -14,13 +14,16 @@ The same code runs on one Redis (``redis://``, ``unix://``) and on a Redis Clust
   second pipeline once the events are acknowledged; on one Redis it stays one pipeline (its
   commands run in order).
 - A multi-key read must stay within one slot, and the persist shards are in different slots.
-  On one Redis a single blocking ``XREADGROUP`` covers every shard; on a cluster a read is a
-  non-blocking pipelined round over all shards and, if that finds nothing, one blocking read
-  on one shard (a different one each time) for at most ``cluster_poll_ms``, then another
-  round. One blocking connection per projector, never one per shard; a checkpoint on another
-  shard waits at most ``cluster_poll_ms`` (persistence is off the live path: the run's actor
-  serves it while it runs). :meth:`EventLog.tail_many` (many run streams at once, for a
-  node's multiplexed tail) reads the same way.
+  On one Redis a single blocking ``XREADGROUP`` covers every shard. On a cluster a read is a
+  non-blocking round over all shards in one pipeline (coredis groups it by node), repeated
+  every ``cluster_poll_ms`` (default 50) until one finds checkpoints: no connection held per
+  shard, and a checkpoint waits at most ``cluster_poll_ms`` plus a round (persistence is off
+  the live path: the run's actor serves the run while it runs). Why not one blocking read on
+  one shard between rounds: Redis times blocked clients out at its ``hz`` tick, so a
+  ``BLOCK 100`` on an idle node returns after 100-200 ms (measured), which doubled the wait.
+  :meth:`EventLog.tail_many` (many run streams at once, for a node's multiplexed tail) reads
+  the same way; a live SSE tail on a cluster needs a wake-up that polling cannot give (a
+  sharded pub/sub doorbell per run slot, for the multiplexed tail to come).
 - Everything that must be atomic is on one run's keys, which share the ``{run_id}`` hash tag:
   the janitor's orphan ending is one Lua script (:meth:`EventLog.end_orphan`).
 
@@ -242,7 +245,7 @@ class EventLog:
     """The only gateway to Redis: every key comes from :class:`~runtime.keys.Keys`."""
 
     def __init__(self, writer: Client, reader: Client, keys: Keys, *,
-                 max_block_ms: int = 5000, cluster_poll_ms: int = 100) -> None:
+                 max_block_ms: int = 5000, cluster_poll_ms: int = 50) -> None:
         self._w = writer
         self._r = reader
         self.keys = keys
@@ -250,7 +253,6 @@ class EventLog:
         self.cluster = isinstance(writer, coredis.RedisCluster)
         """Whether this is a Redis Cluster (reads and appends take the cluster paths)."""
         self.cluster_poll_ms = cluster_poll_ms
-        self._rotor = 0
         self._shard_of_key = {key: i for i, key in enumerate(keys.persist_streams)}
         self._end_orphan = writer.register_script(END_ORPHAN_LUA)
         self._delete_if_last = writer.register_script(DELETE_IF_LAST_LUA)
@@ -272,7 +274,7 @@ class EventLog:
         streams, blocking up to ``block_ms`` (clamped) until one of them has entries.
 
         One Redis: a single command. A cluster: rounds of non-blocking reads in one pipeline,
-        and between rounds one blocking read on one stream for ``cluster_poll_ms`` at most.
+        ``cluster_poll_ms`` apart, until one finds entries or the time is up.
         """
         if not streams:
             return {}
@@ -282,19 +284,12 @@ class EventLog:
                 got = await self._xread(self._r, streams, count, block, group)
             return dict(got or {})
         deadline = trio.current_time() + (block or 0) / 1000
-        keys = list(streams)
         while True:
             found = await self._read_round(streams, count, group)
-            remaining_ms = int((deadline - trio.current_time()) * 1000)
-            if found or remaining_ms <= 0:
+            remaining = deadline - trio.current_time()
+            if found or remaining <= 0:
                 return found
-            key = keys[self._rotor % len(keys)]
-            self._rotor += 1
-            with map_redis_errors():
-                got = await self._xread(self._r, {key: streams[key]}, count,
-                                        max(1, min(remaining_ms, self.cluster_poll_ms)), group)
-            if got:
-                return dict(got)
+            await trio.sleep(min(remaining, self.cluster_poll_ms / 1000))
 
     async def _read_round(self, streams: Mapping[str, str], count: int,
                           group: tuple[str, str] | None) -> dict[str, tuple[StreamEntry, ...]]:

@@ -117,13 +117,15 @@ async def test_tail_block_is_clamped(redis_url: str, key_prefix: str) -> None:
 
 async def test_more_blocking_readers_than_pool_connections(redis_url: str,
                                                            key_prefix: str) -> None:
-    """Blocking reads hold a connection each: extra readers queue for the pool, none fail."""
+    """Blocking reads hold a connection each: extra readers queue for the pool, none fail.
+    (One run for all, so that on a cluster they all go to one node: the pool is per node.)"""
     with trio.fail_after(15):
         async with open_log(redis_url, key_prefix, reader_pool=2) as log:
             results: list[list[tuple[str, bytes]]] = []
+            run = run_id()
 
             async def tail() -> None:
-                results.append(await log.tail(run_id(), "0-0", 200, 10))
+                results.append(await log.tail(run, "0-0", 200, 10))
 
             t0 = trio.current_time()
             async with trio.open_nursery() as nursery:
