@@ -2,11 +2,13 @@
 
 The run actors append ``{run_id, seq}`` checkpoints to the persist queue, a run's to the shard
 its id hashes to (runtime/keys.py). The projectors of every node share the shards: each reads
-all of them through the ``cody-projector`` consumer group (one blocking read at a time, see
-runtime/eventlog.py), rebuilds each run's Response by replaying the run's own stream (the
+all of them through the ``cody-projector`` consumer group (never a connection held per shard,
+see runtime/eventlog.py), rebuilds each run's Response by replaying the run's own stream (the
 stream is the truth; the checkpoint only says how far to go), upserts it (the store keeps the
-highest seq, so a replay or a second projector changes nothing), and only then XACKs. Entries a dead projector left pending are taken over with
-XAUTOCLAIM once idle long enough, so a crash loses nothing. Terminal runs get the retention TTL.
+highest seq, so a replay or a second projector changes nothing), and only then XACKs. Entries
+a dead projector left pending are taken over with XAUTOCLAIM once idle long enough, so a crash
+loses nothing. Terminal runs get the retention TTL. At start the projector also moves a
+pre-sharding queue into the shards (``EventLog.ensure_group``).
 
 A small cache keeps each live run's reducer and cursor, so a long run is read once, not once
 per checkpoint. After a read that found work the projector lingers a moment (``linger_s``) so

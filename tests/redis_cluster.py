@@ -6,19 +6,27 @@ in a temporary directory; ``redis-cli --cluster create`` joins them, and the clu
 once every node reports ``cluster_state:ok``. A node killed and started again on its port
 finds its ``nodes.conf`` and rejoins (its data is gone: there is no persistence). Synchronous
 (``subprocess``), because the session fixture that uses it cannot be async under pytest-trio.
+
+The nodes get ``PR_SET_PDEATHSIG`` (as the embedded Redis does), so a test run that is killed
+leaves none behind. That signal fires when the *thread* that forked them exits: start and
+restart them from the main thread, never through ``trio.to_thread``.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from runtime.redis_server import _die_with_parent
 
 MAX_PORT = 55535
 BUS_OFFSET = 10000
@@ -73,6 +81,8 @@ class RedisClusterNodes:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
     def start_node(self, port: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("start Redis Cluster nodes from the main thread (PDEATHSIG)")
         node_dir = self.directory / str(port)
         node_dir.mkdir(parents=True, exist_ok=True)
         server = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -82,7 +92,8 @@ class RedisClusterNodes:
                  "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                  "--cluster-node-timeout", "2000", "--dir", str(node_dir),
                  "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()))
 
     def wait_pong(self, deadline: float) -> None:
         for port, proc in self.processes.items():
@@ -154,9 +165,14 @@ def redis_cluster(directory: Path, *, masters: int = 3,
         return
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":  # a cluster to try things on: python -m tests.redis_cluster
     import tempfile
 
+    signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory() as tmp, redis_cluster(Path(tmp)) as cluster:
         print(cluster.url, flush=True)
         with suppress(KeyboardInterrupt):

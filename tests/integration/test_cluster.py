@@ -42,7 +42,7 @@ async def test_a_cluster_that_goes_down_is_unavailable_then_serves_again(
                     with pytest.raises(RedisUnavailable):
                         await call
                 assert time.monotonic() - t0 < 10
-                await trio.to_thread.run_sync(nodes.restart)
+                nodes.restart()  # from the main thread (PDEATHSIG); the loop waits a second
                 with trio.fail_after(20):  # the clients find the cluster again
                     while True:
                         try:
