@@ -35,7 +35,7 @@ from actors.providers.replay import ReplayProvider
 from actors.providers.settings import RequestSettings
 from actors.reader import RunReader
 from actors.run_actor import RunActor, RunLimits, RunLog, RunSpec
-from actors.tools import ToolRunner
+from actors.tools import ExecPolicy, ToolRunner, hide_process_from_commands
 from runtime.clock import SystemClock, WallClock
 from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
 from runtime.envelope import decode_event
@@ -185,7 +185,8 @@ class CodyRuntime:
         )
         runner = ToolRunner(self.config.workspace_root, enabled=tools,
                             timeout_s=self.config.tool_timeout_s,
-                            output_cap=self.config.tool_output_cap)
+                            output_cap=self.config.tool_output_cap,
+                            exec_policy=ExecPolicy.from_config(self.config))
         actor = RunActor(spec, log_=self.actor_log, provider=provider, tools=runner,
                          clock=self.clock,
                          limits=RunLimits(max_iterations=self.config.max_iterations,
@@ -371,6 +372,8 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                        supervisor: SupervisorOptions | None = None,
                        run_projector: bool = True) -> AsyncIterator[CodyRuntime]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    if config.exec_enabled:
+        hide_process_from_commands()  # exec: our /proc environ and memory hold the keys
     async with AsyncExitStack() as stack:
         url = config.redis_url
         if url is None:

@@ -39,6 +39,11 @@ DEFAULT_MODELS: dict[str, ModelEntry] = {
 
 DEFAULT_PROVIDER_MODEL: dict[str, str] = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4.5"}
 
+EXEC_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "TERM")
+"""The server's variables an ``exec`` command sees (plus ``CODY_EXEC_ENV_ALLOW``); nothing else."""
+DEFAULT_EXEC_ENV: dict[str, str] = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+_NEVER_TO_EXEC = frozenset({"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CODY_API_KEYS"})
+
 
 class RuntimeConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -125,6 +130,18 @@ class RuntimeConfig(BaseModel):
     janitor_interval_s: float = Field(default=5.0, gt=0)
     """How often each node's janitor refreshes its lease and sweeps for orphaned runs."""
 
+    # the exec tool's confinement (actors/tools/sandbox.py; README, Security); 0: no limit
+    exec_env: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_EXEC_ENV), repr=False)
+    """What a command's environment starts from (HOME and TMPDIR are set per command)."""
+    exec_user: str | None = None
+    """Run commands as this user (name, uid or uid:gid); the server must be root for it."""
+    exec_cpu_s: int = 60
+    exec_memory_mb: int = 4096
+    exec_max_processes: int = 256
+    """RLIMIT_NPROC counts every process of the user (the server's threads too); root is exempt."""
+    exec_max_file_mb: int = 1024
+    exec_max_open_files: int = 1024
+
     @property
     def effective_store_path(self) -> Path:
         return self.store_path or self.data_dir / "cody.db"
@@ -194,6 +211,17 @@ class RuntimeConfig(BaseModel):
         put("drain_timeout_s", "CODY_DRAIN_TIMEOUT_S", float)
         put("default_provider", "CODY_DEFAULT_PROVIDER")
         put("default_model", "CODY_DEFAULT_MODEL")
+        put("exec_user", "CODY_EXEC_USER")
+        put("exec_cpu_s", "CODY_EXEC_CPU_S", int)
+        put("exec_memory_mb", "CODY_EXEC_MEMORY_MB", int)
+        put("exec_max_processes", "CODY_EXEC_MAX_PROCESSES", int)
+        put("exec_max_file_mb", "CODY_EXEC_MAX_FILE_MB", int)
+        put("exec_max_open_files", "CODY_EXEC_MAX_OPEN_FILES", int)
+        allow = [n.strip() for n in e.get("CODY_EXEC_ENV_ALLOW", "").split(",") if n.strip()]
+        if secret := _NEVER_TO_EXEC.intersection(allow):
+            raise ValidationFailed(f"CODY_EXEC_ENV_ALLOW: {sorted(secret)[0]} is a secret",
+                                   details={"field": "CODY_EXEC_ENV_ALLOW"})
+        values["exec_env"] = {n: e[n] for n in (*EXEC_ENV_NAMES, *allow) if n in e}
         if e.get("CODY_EXEC"):
             values["exec_enabled"] = e["CODY_EXEC"].lower() in ("1", "true", "yes", "on")
         replay_env = e.get("CODY_REPLAY")

@@ -158,3 +158,11 @@ REDIS_ERROR = "REDIS_ERROR"
 def is_infrastructure(exc: BaseException) -> bool:
     """Whether ``exc`` means "a dependency is down" (retry later) rather than a bug."""
     return isinstance(exc, CodyError) and exc.infrastructure
+
+#: Provider failures a user can act on (actors/providers/provider_errors.py classifies them).
+PROVIDER_AUTH = "PROVIDER_AUTH"
+"""The provider refused the key (HTTP 401/403); the message names the key's variable."""
+MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+"""The provider does not serve the model named on the wire."""
+CONTEXT_TOO_LONG = "CONTEXT_TOO_LONG"
+"""The conversation does not fit the model's context window."""

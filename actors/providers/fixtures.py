@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_FIXTURES_DIR = Path(__file__).resolve().parents[2] / "fixtures"
+#: The protocol of a fixture whose manifest names none (those recorded before there were
+#: several protocols per provider family); any other provider's is its own name.
+BUILTIN_PROTOCOLS = {"openai": "openai-responses", "anthropic": "anthropic-messages"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,8 @@ class Fixture:
     path: Path
     scenarios: tuple[str, ...]
     provider: str
+    protocol: str
+    """The wire protocol of its streams (actors/providers/protocols.py)."""
     model: str
     prompt: str
     default: bool
@@ -59,6 +64,8 @@ def load_fixture(path: Path) -> Fixture:
         path=path,
         scenarios=tuple(manifest.get("scenarios", [])),
         provider=manifest["provider"],
+        protocol=manifest.get("protocol") or BUILTIN_PROTOCOLS.get(manifest["provider"],
+                                                                   manifest["provider"]),
         model=manifest["model"],
         prompt=manifest["prompt"],
         default=bool(manifest.get("default", False)),
