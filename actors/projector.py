@@ -1,11 +1,14 @@
 """The persistence projector (SPEC §5): Redis checkpoints in, store rows out.
 
-The run actors append ``{run_id, seq}`` checkpoints to the ``persist`` stream. The projector
-reads them through the ``cody-projector`` consumer group, rebuilds each run's Response by
-replaying the run's own stream (the stream is the truth; the checkpoint only says how far to
-go), upserts it (the store keeps the highest seq, so a replay or a second projector changes
-nothing), and only then XACKs. Entries a dead projector left pending are taken over with
-XAUTOCLAIM once idle long enough, so a crash loses nothing. Terminal runs get the retention TTL.
+The run actors append ``{run_id, seq}`` checkpoints to the persist queue, a run's to the shard
+its id hashes to (runtime/keys.py). The projectors of every node share the shards: each reads
+all of them through the ``cody-projector`` consumer group (never a connection held per shard,
+see runtime/eventlog.py), rebuilds each run's Response by replaying the run's own stream (the
+stream is the truth; the checkpoint only says how far to go), upserts it (the store keeps the
+highest seq, so a replay or a second projector changes nothing), and only then XACKs. Entries
+a dead projector left pending are taken over with XAUTOCLAIM once idle long enough, so a crash
+loses nothing. Terminal runs get the retention TTL. At start the projector also moves a
+pre-sharding queue into the shards (``EventLog.ensure_group``).
 A poison run (an event in its stream that cannot be folded) is logged, counted (``poisoned``)
 and acked; the others are persisted as usual. Only an outage (an infrastructure error) stops
 the projector, for its supervisor to wait out.
@@ -41,7 +44,7 @@ class ProjectorLog(Protocol):
     async def claim_checkpoints(self, consumer: str, min_idle_ms: int,
                                 count: int) -> list[Checkpoint]: ...
 
-    async def ack(self, entry_ids: Sequence[str]) -> None: ...
+    async def ack(self, checkpoints: Sequence[Checkpoint]) -> None: ...
 
     async def read_after(self, run_id: str, cursor: str,
                          count: int) -> list[tuple[str, bytes]]: ...
@@ -139,7 +142,7 @@ class Projector:
                     self._cache[run_id] = cursor
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        await self._log.ack([c.entry_id for c in checkpoints])
+        await self._log.ack(checkpoints)
 
     async def _fold(self, run_id: str, seq: int) -> StreamFold | None:
         """The run's reducer advanced to at least ``seq`` (None: the stream has expired,

@@ -107,7 +107,7 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             url = await stack.enter_async_context(embedded_redis(config.data_dir))
         writer = await stack.enter_async_context(open_redis(url, config.writer_pool_size))
         reader = await stack.enter_async_context(open_redis(url, config.reader_pool_size))
-        event_log = EventLog(writer, reader, Keys(config.key_prefix))
+        event_log = EventLog(writer, reader, Keys(config.key_prefix, config.persist_shards))
         store = await stack.enter_async_context(open_store(config))
         if providers is None:
             providers = await stack.enter_async_context(open_providers(config))
@@ -138,7 +138,9 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             children: list[ChildSpec] = []
             if projector is not None:
                 children.append(ChildSpec("projector", projector.run, RestartPolicy.PERMANENT))
-            janitor = Janitor(event_log, node_id=node_id, local_runs=runs.actors, clock=clock)
+            janitor = Janitor(event_log, node_id=node_id, local_runs=runs.actors, clock=clock,
+                              lease_ttl_s=config.lease_ttl_s,
+                              interval_s=config.janitor_interval_s)
             children.append(ChildSpec("janitor", janitor.run, RestartPolicy.PERMANENT))
             if workers is not None:
                 children.extend(workers(runtime))

@@ -1,6 +1,8 @@
 """Events per second through the hot path: provider bytes -> normaliser -> EventFactory ->
 ResponseReducer (and, separately, JSON encoding), over the rapid_deltas and large_response
-fixtures of both providers. Target: >= 200,000 events/s on one core.
+fixtures of each protocol: OpenAI Responses (``openai``), Anthropic Messages (``anthropic``)
+and Chat Completions (``local``, the openai-chat fixtures). Target: >= 200,000 events/s on one
+core.
 
     python bench/reducer.py                 # best of 7 runs per stage
     python bench/reducer.py --profile       # plus a cProfile of the whole pipeline
@@ -39,19 +41,17 @@ from runtime.schema import (
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 RUN = "3f2b8c1e-5d4a-4b6c-9e8f-7a1b2c3d4e5f"
 NAMES = ("rapid_deltas", "large_response")
-PROVIDERS = ("openai", "anthropic")
+PROVIDERS = ("openai", "anthropic", "local")
+"""The fixtures' providers: one per protocol."""
 START = ResponseStart(response_id=RUN, turn_id="t", thread_id="th", model_id="m",
                       provider_id="p", created_at=0)
 
 
-def normaliser(provider: str) -> Callable[[str], StreamNormaliser]:
-    if provider == "openai":
-        from actors.providers.openai_stream import OpenAIResponsesNormaliser
+def normaliser(fx: Fixture) -> Callable[[str], StreamNormaliser]:
+    """The normaliser of the fixture's protocol."""
+    from actors.providers.protocols import protocol
 
-        return OpenAIResponsesNormaliser
-    from actors.providers.anthropic_stream import AnthropicMessagesNormaliser
-
-    return AnthropicMessagesNormaliser
+    return protocol(fx.protocol).normaliser
 
 
 def chunked(data: bytes, size: int) -> list[bytes]:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--synthetic", action="store_true")
     ap.add_argument("--provider", choices=PROVIDERS, action="append",
-                    help="only this provider (repeatable; default both)")
+                    help="only this provider's fixtures (repeatable; default all three)")
     args = ap.parse_args(argv)
 
     if args.synthetic:
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     library = FixtureLibrary()
     providers = args.provider or PROVIDERS
-    makers = {p: normaliser(p) for p in providers}
-    print(f"{'fixture':<26}{'events':>8}{'MB':>7}{'normalise':>13}{'stamp+fold':>13}"
+    makers = {p: normaliser(library.get(p, NAMES[0])) for p in providers}
+    print(f"{'fixture':<34}{'events':>8}{'MB':>7}{'normalise':>13}{'stamp+fold':>13}"
           f"{'pipeline':>13}{'+encode':>13}{'MB/s':>8}   (events/s, best of {args.repeat})")
     total_events = 0
     total_time = 0.0
@@ -166,12 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         t_pipe = best(partial(pipeline, fx, make, args.chunk), args.repeat)
         t_enc = best(partial(encode_all, events), args.repeat)
         size = sum(len(ex.stream) for ex in fx.exchanges) / 1e6
-        print(f"{provider + '/' + name:<26}{n:>8,}{size:>7.2f}{rate(n, t_norm)}"
+        print(f"{fx.protocol + '/' + name:<34}{n:>8,}{size:>7.2f}{rate(n, t_norm)}"
               f"{rate(n, t_fold)}{rate(n, t_pipe)}{rate(n, t_pipe + t_enc)}"
               f"{size / t_pipe:>8.0f}")
         total_events += n
         total_time += t_pipe
-    print(f"{'all':<26}{total_events:>8,}{'':>7}{'':>13}{'':>13}"
+    print(f"{'all':<34}{total_events:>8,}{'':>7}{'':>13}{'':>13}"
           f"{rate(total_events, total_time)}")
 
     if args.profile:

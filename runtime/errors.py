@@ -281,6 +281,14 @@ REPLAY_NO_FIXTURE = _code("REPLAY_NO_FIXTURE", ErrorKind.PROVIDER)
 """Replay mode has no recording for this provider and model."""
 REPLAY_EXHAUSTED = _code("REPLAY_EXHAUSTED", ErrorKind.PROVIDER)
 """The turn made more model requests than its recording holds."""
+PROVIDER_AUTH = _code("PROVIDER_AUTH", ErrorKind.PROVIDER)
+"""The provider refused the key (HTTP 401/403); the message names the key's variable.
+(This and the next two are the provider failures a user can act on;
+actors/providers/provider_errors.py classifies them.)"""
+MODEL_NOT_FOUND = _code("MODEL_NOT_FOUND", ErrorKind.PROVIDER)
+"""The provider does not serve the model named on the wire."""
+CONTEXT_TOO_LONG = _code("CONTEXT_TOO_LONG", ErrorKind.PROVIDER)
+"""The conversation does not fit the model's context window."""
 
 
 def is_infrastructure(exc: BaseException) -> bool:

@@ -33,14 +33,29 @@ class ErrorInfo(Strict):
 
 
 class Usage(Strict):
-    """Token usage. ``prompt_tokens`` counts every input token, cached ones included;
-    ``cached_tokens`` and ``reasoning_tokens`` are kept when the provider reports them."""
+    """Token usage, summed over the model requests of a turn.
+
+    ``prompt_tokens`` counts every input token, cached and cache-written ones included;
+    ``completion_tokens`` every output token, reasoning included. The breakdowns are kept when
+    the provider reports them (None when it does not). Where each comes from:
+
+    - ``reasoning_tokens``: OpenAI Responses ``output_tokens_details.reasoning_tokens``, Chat
+      Completions ``completion_tokens_details.reasoning_tokens``, Anthropic
+      ``output_tokens_details.thinking_tokens`` (in ``message_delta``'s usage);
+    - ``cached_tokens`` (input read from the prompt cache): Responses
+      ``input_tokens_details.cached_tokens``, Chat ``prompt_tokens_details.cached_tokens``,
+      Anthropic ``cache_read_input_tokens``;
+    - ``cache_write_tokens`` (input written to the prompt cache): Responses
+      ``input_tokens_details.cache_write_tokens``, Chat
+      ``prompt_tokens_details.cache_write_tokens``, Anthropic ``cache_creation_input_tokens``.
+    """
 
     prompt_tokens: Count
     completion_tokens: Count
     total_tokens: Count
     reasoning_tokens: Count | None = None
     cached_tokens: Count | None = None
+    cache_write_tokens: Count | None = None
 
     def __add__(self, other: Usage) -> Usage:
         def opt(a: int | None, b: int | None) -> int | None:
@@ -52,6 +67,7 @@ class Usage(Strict):
             total_tokens=self.total_tokens + other.total_tokens,
             reasoning_tokens=opt(self.reasoning_tokens, other.reasoning_tokens),
             cached_tokens=opt(self.cached_tokens, other.cached_tokens),
+            cache_write_tokens=opt(self.cache_write_tokens, other.cache_write_tokens),
         )
 
 

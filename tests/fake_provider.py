@@ -1,14 +1,19 @@
-"""A fake OpenAI + Anthropic server: a real HTTP server on loopback that streams the recorded
-fixtures in each API's wire format, so the real live client code runs against it.
+"""A fake OpenAI + Anthropic + Chat Completions server: a real HTTP server on loopback that
+streams the recorded fixtures in each API's wire format, so the real live client code runs
+against it.
 
-- ``POST /v1/responses`` (OpenAI) and ``POST /v1/messages`` (Anthropic).
-- Each request body is checked against the provider's documented request schema (the official
-  SDKs' ``*CreateParamsStreaming`` TypedDicts) and the auth header; a bad one gets the provider's
-  400 / 401 error body.
+- ``POST /v1/responses`` (OpenAI), ``POST /v1/messages`` (Anthropic) and
+  ``POST /v1/chat/completions`` (an OpenAI-compatible server, playing the ``openai-chat``
+  fixtures of provider ``chat_provider``).
+- Each request body is checked against the API's documented request schema (the official
+  SDKs' ``*CreateParamsStreaming`` TypedDicts) and the auth header; a bad one gets the API's
+  400 / 401 error body (the 401 echoes the key it was sent, as careless servers do, so that
+  tests can check it never reaches a user). A model no recording uses gets the API's 404.
 - The recording to play is chosen like the replay provider does: by (provider, model, the turn's
   prompt); the tool-loop position is the number of tool outputs after that prompt.
 - Every request is recorded (``requests``), and faults can be queued: an HTTP status with
-  Retry-After, a connection dropped mid-stream, a stall, a malformed chunk.
+  Retry-After (and, optionally, the error body to send), a connection dropped mid-stream, a
+  stall, a malformed chunk.
 - ``closed_early`` counts streams whose client went away before the end (cancel closes upstream).
 
 It runs in a thread (stdlib ``ThreadingHTTPServer``), so it serves sync and trio tests alike.
@@ -16,6 +21,7 @@ It runs in a thread (stdlib ``ThreadingHTTPServer``), so it serves sync and trio
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -27,19 +33,28 @@ from pydantic import TypeAdapter, ValidationError
 
 from actors.providers.fixtures import Fixture, FixtureLibrary
 from actors.providers.replay import split_blocks
-from runtime.config import DEFAULT_MODELS
 
-_PROVIDER_MODEL_TO_ID = {e.provider_model: mid for mid, e in DEFAULT_MODELS.items()}
+#: The APIs served, by path.
+PATHS = {"/v1/responses": "openai", "/v1/messages": "anthropic",
+         "/v1/chat/completions": "openai-chat"}
 
 
-def _adapter(provider: str) -> TypeAdapter[Any] | None:
+@functools.cache
+def _adapter(api: str) -> TypeAdapter[Any] | None:
+    """The SDK's request schema of an API (built once: a second or so each)."""
     try:
-        if provider == "openai":
+        if api == "openai":
             from openai.types.responses.response_create_params import (
                 ResponseCreateParamsStreaming,
             )
 
             return TypeAdapter(ResponseCreateParamsStreaming)
+        if api == "openai-chat":
+            from openai.types.chat.completion_create_params import (
+                CompletionCreateParamsStreaming,
+            )
+
+            return TypeAdapter(CompletionCreateParamsStreaming)
         from anthropic.types.message_create_params import MessageCreateParamsStreaming
 
         return TypeAdapter(MessageCreateParamsStreaming)
@@ -57,6 +72,9 @@ class Fault:
     after_blocks: int = 3
     stall_s: float = 30.0
     provider: str | None = None
+    """The API it applies to (``openai``, ``anthropic``, ``openai-chat``); None: any."""
+    body: dict[str, Any] | None = None
+    """For ``status``: the JSON error body to send (default: the API's own, with a code)."""
 
 
 @dataclass
@@ -68,8 +86,22 @@ class Recorded:
 
 
 def turn_position(provider: str, body: dict[str, Any]) -> tuple[str, int]:
-    """The turn's prompt and how many tool rounds came after it in this request."""
+    """The turn's prompt and how many tool rounds came after it in this request (``provider``
+    is the API: ``openai``, ``anthropic`` or ``openai-chat``)."""
     prompt, rounds = "", 0
+    if provider == "openai-chat":
+        previous = None
+        for msg in body.get("messages", []):
+            role = msg.get("role")
+            if role == "user":
+                content = msg.get("content")
+                if isinstance(content, list):
+                    content = "".join(c.get("text", "") for c in content)
+                prompt, rounds = str(content), 0
+            elif role == "tool" and previous != "tool":
+                rounds += 1  # parallel calls' outputs, side by side, are one round
+            previous = role
+        return prompt, rounds
     if provider == "openai":
         previous = None
         for item in body.get("input", []):
@@ -100,19 +132,26 @@ def turn_position(provider: str, body: dict[str, Any]) -> tuple[str, int]:
 
 class FakeProvider:
     def __init__(self, library: FixtureLibrary | None = None, *, api_key: str = "test-key",
-                 block_delay_s: float = 0.0) -> None:
+                 block_delay_s: float = 0.0, chat_provider: str = "local") -> None:
         self.library = library or FixtureLibrary()
         self.api_key = api_key
+        self.chat_provider = chat_provider
+        #: API -> the provider whose fixtures it plays
+        self.providers = {"openai": "openai", "anthropic": "anthropic",
+                          "openai-chat": chat_provider}
+        #: (provider, wire model name) -> Cody's model id, from the recorded requests
+        self.models = {(fx.provider, str(fx.exchanges[0].request.get("model"))): fx.model
+                       for fx in self.library}
         self.block_delay_s = block_delay_s
         self.requests: list[Recorded] = []
         self.faults: list[Fault] = []
         self.closed_early = 0
         self.completed = 0
         self.lock = threading.Lock()
-        self._adapters = {"openai": _adapter("openai"), "anthropic": _adapter("anthropic")}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True)
 
     @property
     def port(self) -> int:
@@ -120,6 +159,11 @@ class FakeProvider:
 
     @property
     def openai_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def chat_base_url(self) -> str:
+        """The ``base_url`` of an ``openai-chat`` provider served by this fake."""
         return f"http://127.0.0.1:{self.port}/v1"
 
     @property
@@ -141,9 +185,14 @@ class FakeProvider:
                     return self.faults.pop(i)
         return None
 
-    def select(self, provider: str, body: dict[str, Any]) -> tuple[Fixture, int] | None:
-        model = _PROVIDER_MODEL_TO_ID.get(str(body.get("model")), str(body.get("model")))
-        prompt, rounds = turn_position(provider, body)
+    def knows_model(self, api: str, body: dict[str, Any]) -> bool:
+        return (self.providers[api], str(body.get("model"))) in self.models
+
+    def select(self, api: str, body: dict[str, Any]) -> tuple[Fixture, int] | None:
+        provider = self.providers[api]
+        wire = str(body.get("model"))
+        model = self.models.get((provider, wire), wire)
+        prompt, rounds = turn_position(api, body)
         fx = self.library.select(provider, model, prompt)
         if fx is None or rounds >= len(fx.exchanges):
             return None
@@ -159,12 +208,13 @@ class FakeProvider:
                 pass
 
             def _error(self, status: int, provider: str, code: str, message: str,
-                       headers: dict[str, str] | None = None) -> None:
-                if provider == "openai":
+                       headers: dict[str, str] | None = None,
+                       body: dict[str, Any] | None = None) -> None:
+                if body is None and provider == "anthropic":
+                    body = {"type": "error", "error": {"type": code, "message": message}}
+                elif body is None:
                     body = {"error": {"message": message, "type": code, "code": code,
                                       "param": None}}
-                else:
-                    body = {"type": "error", "error": {"type": code, "message": message}}
                 raw = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -175,16 +225,16 @@ class FakeProvider:
                 self.wfile.write(raw)
 
             def do_POST(self) -> None:
-                if self.path == "/v1/responses":
-                    provider = "openai"
-                    authed = self.headers.get("Authorization") == f"Bearer {fake.api_key}"
-                elif self.path == "/v1/messages":
-                    provider = "anthropic"
-                    authed = self.headers.get("x-api-key") == fake.api_key and bool(
-                        self.headers.get("anthropic-version"))
-                else:
+                provider = PATHS.get(self.path)
+                if provider is None:
                     self.send_error(404)
                     return
+                if provider == "anthropic":
+                    sent = self.headers.get("x-api-key") or ""
+                    authed = sent == fake.api_key and bool(self.headers.get("anthropic-version"))
+                else:
+                    sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                    authed = sent == fake.api_key
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     body = json.loads(self.rfile.read(length))
@@ -194,9 +244,10 @@ class FakeProvider:
                 with fake.lock:
                     fake.requests.append(Recorded(provider, self.path, dict(self.headers), body))
                 if not authed:
-                    self._error(401, provider, "authentication_error", "bad api key")
+                    self._error(401, provider, "authentication_error",
+                                f"Incorrect API key provided: {sent}")
                     return
-                adapter = fake._adapters[provider]
+                adapter = _adapter(provider)
                 if adapter is not None:
                     try:
                         adapter.validate_python(body)
@@ -212,7 +263,16 @@ class FakeProvider:
                     headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
                     self._error(fault.status, provider,
                                 "rate_limit_error" if fault.status == 429 else "api_error",
-                                f"injected {fault.status}", headers)
+                                f"injected {fault.status}", headers, fault.body)
+                    return
+                if not fake.knows_model(provider, body):
+                    model = body.get("model")
+                    if provider == "anthropic":
+                        self._error(404, provider, "not_found_error", f"model: {model}")
+                    else:
+                        self._error(404, provider, "model_not_found",
+                                    f"The model `{model}` does not exist or you do not have "
+                                    "access to it.")
                     return
                 chosen = fake.select(provider, body)
                 if chosen is None:

@@ -53,17 +53,13 @@ def response_view(resp: Response) -> dict[str, Any]:
     return view
 
 
-def real_normaliser(provider: str) -> NormaliserFactory:
-    """The real normaliser of a provider, imported late so that this module loads without it."""
-    if provider == "openai":
-        from actors.providers.openai_stream import OpenAIResponsesNormaliser
+def real_normaliser(protocol: str) -> NormaliserFactory:
+    """The real normaliser of a wire protocol (or of a built-in provider id), imported late so
+    that this module loads without it."""
+    from actors.providers.fixtures import BUILTIN_PROTOCOLS
+    from actors.providers.protocols import protocol as wire_protocol
 
-        return OpenAIResponsesNormaliser
-    if provider == "anthropic":
-        from actors.providers.anthropic_stream import AnthropicMessagesNormaliser
-
-        return AnthropicMessagesNormaliser
-    raise KeyError(f"no normaliser for provider {provider!r}")
+    return wire_protocol(BUILTIN_PROTOCOLS.get(protocol, protocol)).normaliser
 
 
 def whole(stream: bytes) -> Iterable[bytes]:
@@ -164,7 +160,7 @@ def run_fixture_offline(fx: Fixture, chunks: Chunker | None = None, *,
     Returns:
         Every event emitted, in order, and the reduced Response.
     """
-    make = normalisers[fx.provider] if normalisers is not None else real_normaliser(fx.provider)
+    make = normalisers[fx.provider] if normalisers is not None else real_normaliser(fx.protocol)
     run = _OfflineRun(fx, now_ms or itertools.count(START_MS).__next__)
     run.start()
     last = len(fx.exchanges) - 1

@@ -28,8 +28,13 @@ message, which the reducer never shows.
 
 Usage: ``prompt_tokens`` counts every input token (``input_tokens`` plus cache creation and
 cache reads), ``completion_tokens`` is the latest cumulative ``output_tokens``,
-``cached_tokens`` the cache reads when Anthropic reported them. Stop reasons map to
-canonical finish reasons (``_FINISH_REASONS``); one we do not know passes through as is.
+``cached_tokens`` the cache reads (``cache_read_input_tokens``), ``cache_write_tokens`` the
+cache creation (``cache_creation_input_tokens``) and ``reasoning_tokens`` the latest
+``output_tokens_details.thinking_tokens``, each when Anthropic reported it (None otherwise).
+Stop reasons map to canonical finish reasons (``_FINISH_REASONS``); one we do not know passes
+through as is. An ``error`` event keeps Anthropic's error type as its code, except a failure a
+user can act on (a prompt too long for the context window: CONTEXT_TOO_LONG;
+provider_errors.py).
 
 Bad input never raises. JSON that does not parse is MALFORMED_CHUNK; a known event missing a
 field it needs, with a field of the wrong type, or arriving before ``message_start``, is
@@ -52,6 +57,7 @@ from pydantic import ValidationError
 
 from actors.providers.fastpath import loads as _loads
 from actors.providers.fastpath import new_delta as _new_delta
+from actors.providers.provider_errors import classify
 from actors.providers.sse_normaliser import SSENormaliser, Violation, require_dict
 from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION
 from runtime.schema import (
@@ -145,7 +151,7 @@ class AnthropicMessagesNormaliser(SSENormaliser):
     """One Messages API stream in, canonical payloads out (``StreamNormaliser``)."""
 
     __slots__ = ("_handlers", "_ids", "_ignored", "_input", "_message_id", "_open", "_output",
-                 "_stop_reason")
+                 "_stop_reason", "_thinking")
     PROVIDER = PROVIDER
     ENDS_WITH = "message_stop"
 
@@ -158,6 +164,7 @@ class AnthropicMessagesNormaliser(SSENormaliser):
         # Input usage by field, None where Anthropic has not reported it.
         self._input: dict[str, int | None] = dict.fromkeys(_INPUT_FIELDS)
         self._output = 0
+        self._thinking: int | None = None  # output_tokens_details.thinking_tokens
         self._stop_reason: str | None = None
         self._handlers: dict[str, Callable[[dict[str, Any], list[Payload]], None]] = {
             "message_start": self._message_start,
@@ -226,6 +233,14 @@ class AnthropicMessagesNormaliser(SSENormaliser):
                 self._input[field] = value
         output = _count(usage, "output_tokens", f"{path}.output_tokens", optional=False)
         self._output = output or 0
+        details = usage.get("output_tokens_details")
+        if details is not None:
+            if type(details) is not dict:
+                raise Violation(f"{path}.output_tokens_details")
+            thinking = _count(details, "thinking_tokens",
+                              f"{path}.output_tokens_details.thinking_tokens", optional=True)
+            if thinking is not None:
+                self._thinking = thinking
 
     def _message_delta(self, obj: dict[str, Any], out: list[Payload]) -> None:
         delta = require_dict(obj, "delta")
@@ -244,11 +259,12 @@ class AnthropicMessagesNormaliser(SSENormaliser):
         self._open.clear()
         inp = self._input
         cached = inp["cache_read_input_tokens"]
-        prompt = (inp["input_tokens"] or 0) + (inp["cache_creation_input_tokens"] or 0) + (
-            cached or 0)
+        written = inp["cache_creation_input_tokens"]
+        prompt = (inp["input_tokens"] or 0) + (written or 0) + (cached or 0)
         out.append(UsageUpdate(response_id=self._response_id, usage=Usage(
             prompt_tokens=prompt, completion_tokens=self._output,
-            total_tokens=prompt + self._output, cached_tokens=cached)))
+            total_tokens=prompt + self._output, reasoning_tokens=self._thinking,
+            cached_tokens=cached, cache_write_tokens=written)))
         reason = self._stop_reason
         out.append(ResponseDone(response_id=self._response_id, status="complete",
                                 finish_reason=None if reason is None
@@ -262,9 +278,13 @@ class AnthropicMessagesNormaliser(SSENormaliser):
         if type(error) is dict:
             code, message = error.get("type"), error.get("message")
         request_id = obj.get("request_id")
-        self._fail(out, code if type(code) is str and code else "api_error",
-                   message if type(message) is str else "error",
-                   {"request_id": request_id} if type(request_id) is str else {})
+        own = code if type(code) is str and code else "api_error"
+        text = message if type(message) is str else "error"
+        details: dict[str, Any] = {"request_id": request_id} if type(request_id) is str else {}
+        canonical = classify(status=None, code=own, message=text)
+        if canonical is not None:
+            details["provider_code"] = own
+        self._fail(out, canonical or own, text, details)
 
     # ------------------------------------------------------------------ content blocks
 

@@ -1,4 +1,4 @@
-"""The per-token shortcuts both provider normalisers share.
+"""The per-token shortcuts the provider normalisers share.
 
 One provider event per token makes ``json.loads`` and pydantic validation the bulk of a
 normaliser's cost; these two functions cut each to about a third. This module is pure.
@@ -16,6 +16,10 @@ from runtime.schema import ItemDelta
 
 scan: Callable[[str, int], tuple[Any, int]]
 scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+scanstring: Callable[[str, int], tuple[str, int]]
+scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+"""The C string decoder: ``scanstring(s, i)`` reads the JSON string whose opening quote is at
+``i - 1``, returns it and the index after its closing quote (ValueError if it is not one)."""
 
 # The slots ``BaseModel.model_construct`` fills, set through their descriptors (as
 # runtime/envelope.py does).

@@ -28,6 +28,9 @@ def default_fixtures_dir() -> Path:
         raise FileNotFoundError(f"the {FIXTURES_PACKAGE} package is not a folder on disk "
                                 f"({root!r}); set CODY_FIXTURES_DIR")
     return root
+#: The protocol of a fixture whose manifest names none (those recorded before there were
+#: several protocols per provider family); any other provider's is its own name.
+BUILTIN_PROTOCOLS = {"openai": "openai-responses", "anthropic": "anthropic-messages"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,8 @@ class Fixture:
     path: Path
     scenarios: tuple[str, ...]
     provider: str
+    protocol: str
+    """The wire protocol of its streams (actors/providers/protocols.py)."""
     model: str
     prompt: str
     default: bool
@@ -78,6 +83,8 @@ def load_fixture(path: Path) -> Fixture:
         path=path,
         scenarios=tuple(manifest.get("scenarios", [])),
         provider=manifest["provider"],
+        protocol=manifest.get("protocol") or BUILTIN_PROTOCOLS.get(manifest["provider"],
+                                                                   manifest["provider"]),
         model=manifest["model"],
         prompt=manifest["prompt"],
         default=bool(manifest.get("default", False)),

@@ -1,4 +1,22 @@
-"""Live provider clients: the OpenAI Responses API and the Anthropic Messages API over httpx.
+"""Live provider clients over httpx: one ``HttpProvider`` per provider, whatever its protocol
+(OpenAI Responses, Anthropic Messages, Chat Completions).
+
+A provider is an ``Endpoint``: its id, its protocol, its base URL, its key (and the name of the
+variable it came from, for error messages) and extra headers. What differs by protocol is
+only the path and the auth header:
+
+======================  ===============================  =====================================
+protocol                URL                              auth
+======================  ===============================  =====================================
+``openai-responses``    ``{base_url}/responses``         ``Authorization: Bearer <key>``
+``openai-chat``         ``{base_url}/chat/completions``  ``Authorization: Bearer <key>``
+``anthropic-messages``  ``{base_url}/v1/messages`` (or   ``x-api-key: <key>``,
+                        ``{base_url}/messages`` when     ``anthropic-version: 2023-06-01``
+                        it ends in ``/v1``)
+======================  ===============================  =====================================
+
+A provider without a key sends no auth header (a local server); the configured headers are
+sent on every request, after these (so a gateway's own auth header can replace them).
 
 Why httpx and not the official SDKs' async clients: the SDKs would run on trio (they sit on
 httpx and anyio), but they parse the stream into their own event objects, while Cody's
@@ -9,11 +27,18 @@ test-only, as the reference for what the wire format is.
 Failure handling:
 - connect errors, 429 and 5xx (and Anthropic's 529) before the first byte are retried with
   exponential backoff and full jitter, honouring ``Retry-After``, at most ``max_retries`` times;
-- any other HTTP error, or retries exhausted, raises ``ProviderError`` with the provider's own
-  error code (from its JSON error body) and the HTTP status in ``details``;
+- any other HTTP error, or retries exhausted, raises ``ProviderError``: a failure the user can
+  act on under its canonical code (provider_errors.py) with a message that says what to do -
+  PROVIDER_AUTH names the provider and the variable that holds its key, MODEL_NOT_FOUND and
+  CONTEXT_TOO_LONG the model - and any other under the provider's own code (from its JSON error
+  body); the HTTP status and the provider's code are in ``details``;
 - after streaming began, a dropped connection raises ``ProviderError`` PROVIDER_CONNECTION_LOST
   and a stream with no bytes for ``idle_timeout_s`` raises PROVIDER_IDLE_TIMEOUT;
 - cancelling the run closes the HTTP response (and its connection) at once.
+
+Secrets: the key is never logged or put in an error. Provider messages are shown to users, and
+some echo the key they were sent, so every message and code taken from a provider is passed
+through ``redact`` first; a base URL's user and password are left out of messages.
 """
 
 from __future__ import annotations
@@ -21,18 +46,26 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+import re
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
 
 from actors.providers.provider import ModelProvider, ProviderCall
+from actors.providers.provider_errors import classify, redact
+from runtime.catalogue import ProviderSpec
 from runtime.config import RuntimeConfig
 from runtime.errors import (
+    CONTEXT_TOO_LONG,
+    MODEL_NOT_FOUND,
+    PROVIDER_AUTH,
     PROVIDER_CONNECTION_LOST,
     PROVIDER_IDLE_TIMEOUT,
     PROVIDER_UNREACHABLE,
@@ -41,6 +74,8 @@ from runtime.errors import (
 
 log = logging.getLogger(__name__)
 
+#: Configured headers whose values are treated as secrets (kept out of messages like the key).
+_SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie|password")
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 
@@ -67,50 +102,117 @@ def parse_retry_after(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    import time
-
     return max(0.0, when.timestamp() - time.time())
 
 
-def _error_from_body(kind: str, status: int, body: bytes) -> tuple[str, str]:
-    """The provider's own error code and message from its JSON error body."""
+def _error_from_body(status: int, body: bytes) -> tuple[str, str]:
+    """The provider's own error code and message from its error body: OpenAI's and
+    Anthropic's ``{"error": {...}}``, vLLM's top-level ``{"message", "type", "code"}``,
+    Ollama's ``{"error": "..."}``, FastAPI's ``{"detail": "..."}``; else ``http_<status>``."""
+    fallback = f"http_{status}"
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"http_{status}", body[:500].decode("utf-8", errors="replace") or f"HTTP {status}"
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        code = err.get("code") or err.get("type") or f"http_{status}"
-        return str(code), str(err.get("message") or f"HTTP {status}")
-    return f"http_{status}", f"HTTP {status}"
+        return fallback, body[:500].decode("utf-8", errors="replace") or f"HTTP {status}"
+    if not isinstance(data, dict):
+        return fallback, f"HTTP {status}"
+    err = data.get("error")
+    if isinstance(err, str) and err:
+        return fallback, err
+    if not isinstance(err, dict):
+        err = data
+    code, kind, message = err.get("code"), err.get("type"), err.get("message")
+    if not isinstance(message, str) or not message:
+        detail = data.get("detail")
+        message = detail if isinstance(detail, str) and detail else f"HTTP {status}"
+    if isinstance(code, str) and code:
+        return code, message
+    if isinstance(kind, str) and kind and kind != "error":
+        return kind, message
+    return fallback, message
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without a user and password (``https://user:secret@host`` is allowed)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One provider as the live client sees it."""
+
+    id: str
+    protocol: str
+    """``openai-responses``, ``anthropic-messages`` or ``openai-chat``."""
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = None
+    """The variable the key came from: error messages name it, never the key."""
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_spec(cls, spec: ProviderSpec, env: Mapping[str, str]) -> Endpoint:
+        """A catalogue provider, with its key read from ``env``."""
+        key = env.get(spec.api_key_env) if spec.api_key_env else None
+        return cls(spec.id, spec.protocol, spec.base_url, key or None, spec.api_key_env,
+                   dict(spec.headers))
+
+    @property
+    def url(self) -> str:
+        base = self.base_url.rstrip("/")
+        if self.protocol == "openai-responses":
+            return f"{base}/responses"
+        if self.protocol == "openai-chat":
+            return f"{base}/chat/completions"
+        if self.protocol == "anthropic-messages":
+            return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+        raise ValueError(f"unknown protocol {self.protocol!r}")
+
+    def request_headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream"}
+        if self.protocol == "anthropic-messages":
+            headers["anthropic-version"] = "2023-06-01"
+            if self.api_key:
+                headers["x-api-key"] = self.api_key
+        elif self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        headers.update(self.headers)
+        return headers
+
+    @property
+    def ready(self) -> bool:
+        """Has what it needs to be called: its key, or it needs none."""
+        return bool(self.api_key) or self.api_key_env is None
 
 
 class HttpProvider:
     """One provider's streaming endpoint."""
 
-    def __init__(self, kind: Literal["openai", "anthropic"], *, base_url: str, api_key: str,
+    def __init__(self, endpoint: Endpoint, *,
                  client: httpx.AsyncClient | Sequence[httpx.AsyncClient], retry: RetryPolicy,
                  idle_timeout_s: float, rng: random.Random | None = None) -> None:
-        self.kind = kind
-        self.api_key = api_key
+        self.endpoint = endpoint
         self.clients = [client] if isinstance(client, httpx.AsyncClient) else list(client)
         self.retry = retry
         self.idle_timeout_s = idle_timeout_s
         self.rng = rng or random.Random()
-        base = base_url.rstrip("/")
-        if kind == "openai":
-            self.url = f"{base}/responses"
-        else:
-            self.url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+        self.url = endpoint.url
+        self._headers = endpoint.request_headers()
+        self._secrets = (endpoint.api_key, *(v for k, v in endpoint.headers.items()
+                                             if _SECRET_HEADER.search(k)))
+        self._where = _safe_url(self.url)
 
-    def _headers(self) -> dict[str, str]:
-        if self.kind == "openai":
-            return {"Authorization": f"Bearer {self.api_key}", "Accept": "text/event-stream"}
-        return {"x-api-key": self.api_key, "anthropic-version": "2023-06-01",
-                "Accept": "text/event-stream"}
+    @property
+    def id(self) -> str:
+        return self.endpoint.id
 
     def _details(self, status: int | None = None, **more: Any) -> dict[str, Any]:
-        details: dict[str, Any] = {"provider": self.kind}
+        details: dict[str, Any] = {"provider": self.id}
         if status is not None:
             details["status"] = status
         details.update(more)
@@ -122,21 +224,50 @@ class HttpProvider:
         a tenth of the server's CPU; small pools keep that scan short."""
         return self.clients[hash(run_id) % len(self.clients)]
 
+    def _http_error(self, call: ProviderCall, status: int, code: str, message: str,
+                    attempts: int) -> ProviderError:
+        """The error for a refused request: canonical and actionable where we can tell what
+        went wrong, else the provider's own code."""
+        canonical = classify(status=status, code=code, message=message)
+        details = self._details(status, attempts=attempts)
+        if canonical is None:
+            return ProviderError(f"{self.id}: {message}", code=code, details=details)
+        details["provider_code"] = code
+        model = str(call.body.get("model", call.model_id))
+        named = model if model == call.model_id else f"{model} (Cody model {call.model_id})"
+        if canonical == PROVIDER_AUTH:
+            env = self.endpoint.api_key_env
+            details["api_key_env"] = env
+            fix = (f"check the key in {env}" if env else
+                   f"this provider has no key configured: set api_key_env in [providers."
+                   f"{self.id}] of cody.toml")
+            text = f"{self.id} refused the API key (HTTP {status}: {message}); {fix}"
+        elif canonical == MODEL_NOT_FOUND:
+            details["model"] = model
+            text = f"{self.id} has no model {named}; HTTP {status}: {message}"
+        else:
+            assert canonical == CONTEXT_TOO_LONG
+            details["model"] = model
+            text = (f"{self.id}: the conversation is too long for the context window of model "
+                    f"{named}; HTTP {status}: {message}")
+        return ProviderError(text, code=canonical, details=details)
+
     async def _open(self, call: ProviderCall) -> httpx.Response:
         attempt = 0
         client = self._client_for(call.run_id)
         while True:
             request = client.build_request("POST", self.url, json=call.body,
-                                           headers=self._headers())
+                                           headers=self._headers)
             try:
                 response = await client.send(request, stream=True)
             except httpx.TransportError as exc:
+                reason = redact(repr(exc), self._secrets)
                 if attempt >= self.retry.max_retries:
-                    raise ProviderError(f"{self.kind}: cannot reach {self.url}: {exc!r}",
+                    raise ProviderError(f"{self.id}: cannot reach {self._where}: {reason}",
                                         code=PROVIDER_UNREACHABLE,
                                         details=self._details(attempts=attempt + 1)) from exc
                 delay = self.retry.delay(attempt, None, self.rng)
-                log.warning("%s: %r; retry %d in %.2fs", self.kind, exc, attempt + 1, delay)
+                log.warning("%s: %s; retry %d in %.2fs", self.id, reason, attempt + 1, delay)
                 await trio.sleep(delay)
                 attempt += 1
                 continue
@@ -146,18 +277,17 @@ class HttpProvider:
                 body = await response.aread()
             finally:
                 await response.aclose()
-            code, message = _error_from_body(self.kind, response.status_code, body)
+            code, message = _error_from_body(response.status_code, body)
+            code, message = redact(code, self._secrets), redact(message, self._secrets)
             if response.status_code in RETRYABLE_STATUS and attempt < self.retry.max_retries:
                 delay = self.retry.delay(
                     attempt, parse_retry_after(response.headers.get("retry-after")), self.rng)
-                log.warning("%s: HTTP %d %s; retry %d in %.2fs", self.kind,
+                log.warning("%s: HTTP %d %s; retry %d in %.2fs", self.id,
                             response.status_code, code, attempt + 1, delay)
                 await trio.sleep(delay)
                 attempt += 1
                 continue
-            raise ProviderError(f"{self.kind}: {message}", code=code,
-                                details=self._details(response.status_code,
-                                                      attempts=attempt + 1))
+            raise self._http_error(call, response.status_code, code, message, attempt + 1)
 
     @asynccontextmanager
     async def stream(self, call: ProviderCall) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -179,20 +309,38 @@ class HttpProvider:
                     return
                 except httpx.TransportError as exc:
                     raise ProviderError(
-                        f"{self.kind}: connection lost mid-stream: {exc!r}",
+                        f"{self.id}: connection lost mid-stream: "
+                        f"{redact(repr(exc), self._secrets)}",
                         code=PROVIDER_CONNECTION_LOST,
                         details=self._details(response.status_code)) from exc
             if chunk is None:
                 raise ProviderError(
-                    f"{self.kind}: no data for {self.idle_timeout_s:g} s",
+                    f"{self.id}: no data for {self.idle_timeout_s:g} s",
                     code=PROVIDER_IDLE_TIMEOUT, details=self._details(response.status_code))
             yield chunk
 
 
+def builtin_endpoints(config: RuntimeConfig) -> list[Endpoint]:
+    """The built-in providers with the keys and base URLs of ``config``."""
+    return [
+        Endpoint("openai", "openai-responses", config.openai_base_url, config.openai_api_key,
+                 "OPENAI_API_KEY"),
+        Endpoint("anthropic", "anthropic-messages", config.anthropic_base_url,
+                 config.anthropic_api_key, "ANTHROPIC_API_KEY"),
+    ]
+
+
 @asynccontextmanager
-async def open_live_providers(config: RuntimeConfig) -> AsyncIterator[dict[str, ModelProvider]]:
-    """A client per provider that has a key; a provider without one is left out (its runs
-    get 400 PROVIDER_NOT_CONFIGURED)."""
+async def open_live_providers(config: RuntimeConfig,
+                              endpoints: Sequence[Endpoint] | None = None,
+                              ) -> AsyncIterator[dict[str, ModelProvider]]:
+    """A client per provider that is ready (has its key, or needs none); one that is not is
+    left out, and its runs get 400 PROVIDER_NOT_CONFIGURED.
+
+    Args:
+        config: timeouts, retries, pools.
+        endpoints: the providers (default: the built-in two, from ``config``).
+    """
     timeout = httpx.Timeout(config.provider_connect_timeout_s, read=None, write=30.0, pool=None)
     pools = max(1, config.provider_pools)
     limits = httpx.Limits(max_connections=max(1, 2000 // pools),
@@ -203,14 +351,9 @@ async def open_live_providers(config: RuntimeConfig) -> AsyncIterator[dict[str, 
         clients = [await stack.enter_async_context(httpx.AsyncClient(timeout=timeout,
                                                                      limits=limits))
                    for _ in range(pools)]
-        providers: dict[str, ModelProvider] = {}
-        if config.openai_api_key:
-            providers["openai"] = HttpProvider(
-                "openai", base_url=config.openai_base_url, api_key=config.openai_api_key,
-                client=clients, retry=retry, idle_timeout_s=config.provider_idle_timeout_s)
-        if config.anthropic_api_key:
-            providers["anthropic"] = HttpProvider(
-                "anthropic", base_url=config.anthropic_base_url,
-                api_key=config.anthropic_api_key, client=clients, retry=retry,
-                idle_timeout_s=config.provider_idle_timeout_s)
+        providers: dict[str, ModelProvider] = {
+            ep.id: HttpProvider(ep, client=clients, retry=retry,
+                                idle_timeout_s=config.provider_idle_timeout_s)
+            for ep in (builtin_endpoints(config) if endpoints is None else endpoints)
+            if ep.ready}
         yield providers

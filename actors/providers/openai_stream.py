@@ -16,10 +16,14 @@ arguments.delta``
 ``response.reasoning_summary_part       ``item_delta`` ``"\\n\\n"`` before the 2nd and later
 .added``                                parts, so the deltas add up to the final text
 ``response.output_item.done``           ``item_done`` with the final item
-``response.completed``                  ``usage_update``, ``response_done`` complete
+``response.completed``                  ``usage_update`` (with reasoning, cached and
+                                        cache-write tokens, runtime/schema.py ``Usage``),
+                                        ``response_done`` complete
 ``response.incomplete``                 ``usage_update``, ``response_done`` complete with the
                                         reason (``length``, ``content_filter``)
-``response.failed``, ``error``          ``response_error`` with OpenAI's code
+``response.failed``, ``error``          ``response_error`` with OpenAI's code, or the
+                                        canonical one for a failure a user can act on
+                                        (``context_length_exceeded``: CONTEXT_TOO_LONG)
 anything else                           nothing (OpenAI adds event types; we tolerate them)
 ======================================  ===================================================
 
@@ -49,6 +53,7 @@ from pydantic import ValidationError
 from actors.providers.fastpath import loads as _loads
 from actors.providers.fastpath import new_delta as _new_delta
 from actors.providers.fastpath import scan as _scan
+from actors.providers.provider_errors import classify
 from actors.providers.sse_normaliser import SSENormaliser, Violation, require_dict
 from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION
 from runtime.schema import (
@@ -302,6 +307,8 @@ class OpenAIResponsesNormaliser(SSENormaliser):
             total_tokens=_count(usage, "total_tokens"),
             reasoning_tokens=_optional_count(usage, "output_tokens_details", "reasoning_tokens"),
             cached_tokens=_optional_count(usage, "input_tokens_details", "cached_tokens"),
+            cache_write_tokens=_optional_count(usage, "input_tokens_details",
+                                               "cache_write_tokens"),
         )))
 
     def _done(self, out: list[Payload], finish_reason: str) -> None:
@@ -334,13 +341,22 @@ class OpenAIResponsesNormaliser(SSENormaliser):
         message: object = None
         if type(error) is dict:
             code, message = error.get("code"), error.get("message")
-        self._fail(out, code if type(code) is str and code else "server_error",
-                   message if type(message) is str else "the response failed", {})
+        self._provider_error(out, code if type(code) is str and code else "server_error",
+                             message if type(message) is str else "the response failed", {})
 
     def _error(self, obj: dict[str, Any], out: list[Payload]) -> None:
         code = obj.get("code")
         message = obj.get("message")
         param = obj.get("param")
-        self._fail(out, code if type(code) is str and code else "server_error",
-                   message if type(message) is str else "error", {"param": param} if
-                   type(param) is str else {})
+        self._provider_error(out, code if type(code) is str and code else "server_error",
+                             message if type(message) is str else "error",
+                             {"param": param} if type(param) is str else {})
+
+    def _provider_error(self, out: list[Payload], code: str, message: str,
+                        details: dict[str, Any]) -> None:
+        """OpenAI's error, under the canonical code when it is one a user can act on
+        (``context_length_exceeded`` -> CONTEXT_TOO_LONG; provider_errors.py)."""
+        canonical = classify(status=None, code=code, message=message)
+        if canonical is not None:
+            details = {**details, "provider_code": code}
+        self._fail(out, canonical or code, message, details)

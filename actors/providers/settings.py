@@ -1,4 +1,4 @@
-"""Per-request model settings that both provider request builders understand."""
+"""Per-request model settings that every protocol's request builder understands."""
 
 from __future__ import annotations
 

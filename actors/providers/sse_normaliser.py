@@ -1,4 +1,4 @@
-"""What the two provider normalisers share: the SSE decoder, the terminal state, how a
+"""What the provider normalisers share: the SSE decoder, the terminal state, how a
 failure becomes the stream's one ``response_error``, and the field check every event handler
 uses. Each subclass parses its own provider's events in ``_message``. Pure, like them."""
 

@@ -18,7 +18,11 @@ from tests.e2e.server import ServerProcess
 from tests.harness import response_view
 
 LIBRARY = FixtureLibrary()
-SINGLE_TURN = [fx for fx in LIBRARY if fx.after is None]
+#: The built-in providers' recordings. The openai-chat ones (provider ``local``) need the
+#: catalogue wired into submission to run through the server (issue 13, second round); until
+#: then tests/e2e/test_chat_live.py plays every one of them live over HTTP.
+SERVED = [fx for fx in LIBRARY if fx.provider in ("openai", "anthropic")]
+SINGLE_TURN = [fx for fx in SERVED if fx.after is None]
 
 
 def _id(fx: Fixture) -> str:
@@ -55,7 +59,7 @@ async def test_fixture_end_to_end(server: ServerProcess, fx: Fixture) -> None:
 
 
 def test_every_condition_has_a_fixture() -> None:
-    covered = {s for fx in LIBRARY for s in fx.scenarios}
+    covered = {s for fx in SERVED for s in fx.scenarios}
     wanted = {f"TC-HP-0{i}" for i in range(1, 9)} | {
         f"TC-ER-{i:02d}" for i in (1, 2, 3, 4, 5, 7, 8, 9, 12)}
     assert wanted <= covered, sorted(wanted - covered)

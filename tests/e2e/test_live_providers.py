@@ -125,18 +125,110 @@ async def test_retries_are_bounded(start_server: StartServer) -> None:
 
 
 async def test_non_retryable_error_carries_the_provider_code(start_server: StartServer) -> None:
-    with FakeProvider(api_key="other-key") as fake:
-        server = start_server("live", fake=fake, ANTHROPIC_API_KEY="wrong",
-                              OPENAI_API_KEY="wrong")
+    with FakeProvider() as fake:
+        fake.faults.append(Fault("status", status=400, body={"error": {
+            "message": "Unsupported value: 'temperature'", "type": "invalid_request_error",
+            "param": "temperature", "code": "unsupported_value"}}))
+        server = start_server("live", fake=fake)
         with trio.fail_after(30):
-            _, resp = await run_turn(server.base_url, "anthropic", "simple_message")
+            _, resp = await run_turn(server.base_url, "openai", "simple_message")
     assert resp.status == "error"  # type: ignore[attr-defined]
-    assert resp.error.code == "authentication_error"  # type: ignore[attr-defined]
-    assert resp.error.details == {"provider": "anthropic", "status": 401,  # type: ignore[attr-defined]
+    assert resp.error.code == "unsupported_value"  # type: ignore[attr-defined]
+    assert resp.error.message == "openai: Unsupported value: 'temperature'"  # type: ignore[attr-defined]
+    assert resp.error.details == {"provider": "openai", "status": 400,  # type: ignore[attr-defined]
                                   "attempts": 1}
     assert len(fake.requests) == 1
 
 
+async def test_a_refused_key_names_the_provider_and_its_variable(
+        start_server: StartServer) -> None:
+    with FakeProvider(api_key="other-key") as fake:
+        server = start_server("live", fake=fake, ANTHROPIC_API_KEY="wrong-anthropic-key",
+                              OPENAI_API_KEY="wrong-openai-key")
+        with trio.fail_after(60):
+            for provider in ("openai", "anthropic"):
+                _, resp = await run_turn(server.base_url, provider, "simple_message")
+                var = f"{provider.upper()}_API_KEY"
+                error = resp.error  # type: ignore[attr-defined]
+                assert error.code == "PROVIDER_AUTH"
+                assert error.message.startswith(f"{provider} refused the API key (HTTP 401")
+                assert error.message.endswith(f"check the key in {var}")
+                assert error.details == {
+                    "provider": provider, "status": 401, "attempts": 1,
+                    "provider_code": "authentication_error", "api_key_env": var}
+                assert "wrong-" not in error.message  # the fake echoed the key it got
+    assert len(fake.requests) == 2
+
+
+ERRORS_A_USER_CAN_ACT_ON = [
+    ("openai", 404, {"error": {"message": "The model `gpt-5-mini` does not exist or you do "
+                               "not have access to it.", "type": "invalid_request_error",
+                               "param": None, "code": "model_not_found"}}, "MODEL_NOT_FOUND"),
+    ("anthropic", 404, {"type": "error", "error": {"type": "not_found_error",
+                                                   "message": "model: claude-haiku-4-5"}},
+     "MODEL_NOT_FOUND"),
+    ("openai", 400, {"error": {"message": "Your input exceeds the context window of this "
+                               "model. Please adjust your input and try again.",
+                               "type": "invalid_request_error", "param": "input",
+                               "code": "context_length_exceeded"}}, "CONTEXT_TOO_LONG"),
+    ("anthropic", 400, {"type": "error", "error": {
+        "type": "invalid_request_error",
+        "message": "prompt is too long: 208310 tokens > 200000 maximum"}}, "CONTEXT_TOO_LONG"),
+]
+
+
+async def test_model_and_context_errors_name_the_model(start_server: StartServer) -> None:
+    with FakeProvider() as fake:
+        server = start_server("live", fake=fake)
+        with trio.fail_after(60):
+            for provider, status, body, code in ERRORS_A_USER_CAN_ACT_ON:
+                fake.faults.append(Fault("status", status=status, body=body,
+                                         provider=provider))
+                _, resp = await run_turn(server.base_url, provider, "simple_message")
+                wire = fake.requests[-1].body["model"]
+                error = resp.error  # type: ignore[attr-defined]
+                assert (error.code, error.details["model"]) == (code, wire), provider
+                assert f"model {wire}" in error.message
+                assert f"; HTTP {status}: " in error.message
+                assert error.details["provider_code"] == (body["error"].get("code")  # type: ignore[index, union-attr]
+                                                          or body["error"]["type"])  # type: ignore[index]
+
+
+async def test_no_key_anywhere_a_run_reaches(start_server: StartServer) -> None:
+    """Recognisable fake keys, a provider that echoes a wrong key back: neither key is in the
+    events, the Responses (live and stored), the store or the server's log."""
+    good, bad = "sk-cody-LEAKCHECK-good-5d1f0a9b", "sk-ant-cody-LEAKCHECK-bad-7c2e4f1d"
+    with FakeProvider(api_key=good) as fake:
+        server = start_server("live", fake=fake, OPENAI_API_KEY=good, ANTHROPIC_API_KEY=bad,
+                              CODY_LOG_LEVEL="debug")
+        seen: list[str] = []
+        with trio.fail_after(60):
+            async with make_client(server.base_url) as client:
+                for provider, name in (("openai", "tool_read_file"),
+                                       ("anthropic", "simple_message")):
+                    fx = LIBRARY.get(provider, name)
+                    accepted = await submit(client, prompt=fx.prompt, provider_id=provider,
+                                            model=fx.model, tools=list(fx.tools))
+                    await stream(client, accepted["run_id"])
+                    stored = await wait_persisted(client, accepted["thread_id"],
+                                                  accepted["run_id"])
+                    seen.append(stored.model_dump_json())
+                    for path in (f"/api/v2/runs/{accepted['run_id']}/events",
+                                 f"/api/v2/runs/{accepted['run_id']}",
+                                 f"/api/v2/threads/{accepted['thread_id']}"):
+                        seen.append((await client.get(path)).text)
+        assert fake.requests[-1].headers["x-api-key"] == bad  # the bad key was sent, and echoed
+    statuses = [json.loads(s)["status"] for s in seen[::4]]
+    assert statuses == ["complete", "error"]
+    assert "PROVIDER_AUTH" in seen[-1] and "ANTHROPIC_API_KEY" in seen[-1]
+    server.stop()
+    files = [p for p in server.data_dir.rglob("*") if p.is_file()]
+    assert {"server.log", "cody.db"} <= {p.name for p in files}
+    seen += [p.read_bytes().decode("utf-8", errors="replace") for p in files]
+    everything = "\n".join(seen)
+    for key in (good, bad):
+        assert key not in everything
+        assert key[-12:] not in everything  # nor a recognisable piece of it
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 async def test_mid_stream_drop_ends_with_provider_error(start_server: StartServer,
                                                         provider: str) -> None:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from actors.providers.anthropic_stream import AnthropicMessagesNormaliser, _loads, _new_delta
 from actors.providers.base import StreamNormaliser
 from actors.providers.fixtures import Fixture, FixtureLibrary
-from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
+from runtime.errors import CONTEXT_TOO_LONG, MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
 from runtime.schema import (
     PAYLOAD_ADAPTER,
     TERMINAL_EVENT_TYPES,
@@ -303,14 +303,51 @@ def test_usage_counts_cache_tokens_and_takes_the_latest_totals() -> None:
               finish(output_tokens=9, input_tokens=51, cache_read_input_tokens=1001))
     assert out[-2] == UsageUpdate(response_id=RID, usage=Usage(
         prompt_tokens=51 + 100 + 1001, completion_tokens=9, total_tokens=51 + 100 + 1001 + 9,
-        cached_tokens=1001))
+        cached_tokens=1001, cache_write_tokens=100))
+
+
+def test_thinking_tokens_are_the_reasoning_tokens() -> None:
+    """``message_delta.usage.output_tokens_details.thinking_tokens`` (the SDK's
+    ``MessageDeltaUsage``), cumulative like the rest: the latest one counts."""
+    out = run(start(),
+              ev("message_delta", delta={"stop_reason": None},
+                 usage={"output_tokens": 5, "output_tokens_details": {"thinking_tokens": 3}}),
+              finish(output_tokens=40, output_tokens_details={"thinking_tokens": 31}))
+    assert out[0] == UsageUpdate(response_id=RID, usage=Usage(
+        prompt_tokens=8, completion_tokens=40, total_tokens=48, reasoning_tokens=31))
+
+
+def test_usage_without_thinking_details_has_no_reasoning_tokens() -> None:
+    out = run(start(), finish(output_tokens_details=None))
+    assert isinstance(out[0], UsageUpdate) and out[0].usage.reasoning_tokens is None
+
+
+@pytest.mark.parametrize(("details", "field"), [
+    ("lots", "usage.output_tokens_details"),
+    ({"thinking_tokens": "3"}, "usage.output_tokens_details.thinking_tokens"),
+    ({"thinking_tokens": -1}, "usage.output_tokens_details.thinking_tokens"),
+])
+def test_bad_thinking_details_are_schema_violations(details: Any, field: str) -> None:
+    err = error_of(run(start(), finish(output_tokens_details=details)))
+    assert err.error.code == SCHEMA_VIOLATION and err.error.details is not None
+    assert err.error.details["field"] == field
+
+
+def test_prompt_too_long_is_context_too_long() -> None:
+    message = "prompt is too long: 208310 tokens > 200000 maximum"
+    err = error_of(run(start(), ev("error", error={"type": "invalid_request_error",
+                                                   "message": message})))
+    assert err.error.model_dump() == {
+        "code": CONTEXT_TOO_LONG, "message": message,
+        "details": {"provider": "anthropic", "provider_code": "invalid_request_error"}}
 
 
 def test_usage_with_null_cache_fields() -> None:
     out = run(start(input_tokens=8, cache_creation_input_tokens=None,
                     cache_read_input_tokens=None), finish(output_tokens=6))
     assert out[0] == UsageUpdate(response_id=RID, usage=Usage(
-        prompt_tokens=8, completion_tokens=6, total_tokens=14, cached_tokens=None))
+        prompt_tokens=8, completion_tokens=6, total_tokens=14, cached_tokens=None,
+        cache_write_tokens=None))
 
 
 def test_cache_reads_reported_as_zero_are_kept() -> None:

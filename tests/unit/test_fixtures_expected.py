@@ -183,7 +183,7 @@ def small_library(tmp_path: Path) -> FixtureLibrary:
                           ANSWER.model_dump(mode="json")],
                       "usage": {"prompt_tokens": 30, "completion_tokens": 9,
                                 "total_tokens": 39, "reasoning_tokens": 3,
-                                "cached_tokens": 8},
+                                "cached_tokens": 8, "cache_write_tokens": None},
                       "finish_reason": "stop", "error": None})
     failing = [sse([ItemStart(item_id="msg_1", item_type="message"),
                     ItemDelta(item_id="msg_1", delta_content=PARTIAL),

@@ -344,6 +344,32 @@ def test_failed_carries_the_providers_code() -> None:
         code="rate_limit_exceeded", message="slow down", details={"provider": "openai"}))
 
 
+def test_usage_keeps_reasoning_cached_and_cache_write_tokens() -> None:
+    """``input_tokens_details.cached_tokens`` / ``.cache_write_tokens`` and
+    ``output_tokens_details.reasoning_tokens`` (the SDK's ``ResponseUsage``)."""
+    out = run(completed(usage={
+        "input_tokens": 1300, "output_tokens": 400, "total_tokens": 1700,
+        "input_tokens_details": {"cached_tokens": 1024, "cache_write_tokens": 128},
+        "output_tokens_details": {"reasoning_tokens": 256}}))
+    assert out[0] == UsageUpdate(response_id=RID, usage=Usage(
+        prompt_tokens=1300, completion_tokens=400, total_tokens=1700, reasoning_tokens=256,
+        cached_tokens=1024, cache_write_tokens=128))
+
+
+@pytest.mark.parametrize("kind", ["response.failed", "error"])
+def test_context_length_exceeded_is_context_too_long(kind: str) -> None:
+    message = ("Your input exceeds the context window of this model. Please adjust your input "
+               "and try again.")
+    if kind == "error":
+        body = ev("error", code="context_length_exceeded", message=message, param="input")
+    else:
+        body = completed(kind="response.failed", usage=None,
+                         error={"code": "context_length_exceeded", "message": message})
+    err = error_of(run(body))
+    assert (err.code, err.message) == ("CONTEXT_TOO_LONG", message)
+    assert err.details is not None and err.details["provider_code"] == "context_length_exceeded"
+
+
 def test_failed_without_error_is_a_server_error() -> None:
     assert error_of(run(completed(kind="response.failed", usage=None))).code == "server_error"
 

@@ -61,7 +61,8 @@ json_values: st.SearchStrategy[Any] = st.recursive(
 )
 details = st.none() | st.dictionaries(texts, json_values, max_size=3)
 usages = st.builds(Usage, prompt_tokens=counts, completion_tokens=counts, total_tokens=counts,
-                   reasoning_tokens=st.none() | counts, cached_tokens=st.none() | counts)
+                   reasoning_tokens=st.none() | counts, cached_tokens=st.none() | counts,
+                   cache_write_tokens=st.none() | counts)
 error_infos = st.builds(ErrorInfo, code=ids, message=texts, details=details)
 correlation = st.none() | texts
 
@@ -312,3 +313,13 @@ def test_decode_rejects_bad_json() -> None:
         decode_event(b"{not json")
     with pytest.raises(ValidationError):
         decode_event("")
+
+
+@given(usages, usages)
+def test_usage_sums_every_field_and_keeps_unreported_ones_unreported(a: Usage, b: Usage) -> None:
+    total = a + b
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert getattr(total, name) == getattr(a, name) + getattr(b, name)
+    for name in ("reasoning_tokens", "cached_tokens", "cache_write_tokens"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert getattr(total, name) == (None if x is None and y is None else (x or 0) + (y or 0))

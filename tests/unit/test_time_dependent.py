@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.providers.live import HttpProvider, RetryPolicy, parse_retry_after
+from actors.providers.live import Endpoint, HttpProvider, RetryPolicy, parse_retry_after
 from actors.providers.provider import ProviderCall
 from actors.reader import RunReader
 from runtime.errors import ProviderError, RedisUnavailable
@@ -30,9 +30,9 @@ def mock_clock() -> trio.testing.MockClock:
 def provider(handler: httpx.MockTransport, *, retries: int = 3, idle: float = 60.0
              ) -> HttpProvider:
     client = httpx.AsyncClient(transport=handler)
-    return HttpProvider("openai", base_url="http://fake/v1", api_key="k", client=client,
-                        retry=RetryPolicy(retries, 0.5, 8.0), idle_timeout_s=idle,
-                        rng=random.Random(7))
+    endpoint = Endpoint("openai", "openai-responses", "http://fake/v1", "k", "OPENAI_API_KEY")
+    return HttpProvider(endpoint, client=client, retry=RetryPolicy(retries, 0.5, 8.0),
+                        idle_timeout_s=idle, rng=random.Random(7))
 
 
 class OneChunk(httpx.AsyncByteStream):
