@@ -79,7 +79,9 @@ class RuntimeConfig(BaseModel):
     fixtures_dir: Path | None = None
     replay_delay_s: float = 0.0
     """Pause between SSE blocks of a replayed stream (0: as fast as possible)."""
-    replay_record_requests: bool = True
+    replay_record_requests: bool = False
+    """Append every provider request a replayed turn would send to
+    ``data_dir/replay-requests.jsonl`` (tests read it; off by default: it grows forever)."""
     openai_api_key: str | None = None
     openai_base_url: str = "https://api.openai.com/v1"
     anthropic_api_key: str | None = None
@@ -222,8 +224,10 @@ class RuntimeConfig(BaseModel):
             raise ValidationFailed(f"CODY_EXEC_ENV_ALLOW: {sorted(secret)[0]} is a secret",
                                    details={"field": "CODY_EXEC_ENV_ALLOW"})
         values["exec_env"] = {n: e[n] for n in (*EXEC_ENV_NAMES, *allow) if n in e}
-        if e.get("CODY_EXEC"):
-            values["exec_enabled"] = e["CODY_EXEC"].lower() in ("1", "true", "yes", "on")
+        for name, var in (("exec_enabled", "CODY_EXEC"),
+                          ("replay_record_requests", "CODY_REPLAY_RECORD_REQUESTS")):
+            if e.get(var):
+                values[name] = e[var].lower() in ("1", "true", "yes", "on")
         replay_env = e.get("CODY_REPLAY")
         if replay_env:
             values["replay"] = replay_env.lower() in ("1", "true", "yes", "on")
