@@ -14,6 +14,7 @@ import trio
 
 from runtime.eventlog import entry_key
 from runtime.schema import TERMINAL_EVENT_TYPES
+from runtime.sse import encode_entry
 
 
 def peek_type(raw: bytes) -> str:
@@ -58,8 +59,7 @@ class LogEntry:
     def frame(self) -> bytes:
         """The SSE frame, encoded once and shared by every subscriber."""
         if self._frame is None:
-            self._frame = b"".join((b"id: ", self.entry_id.encode(), b"\nevent: ",
-                                    self.type.encode(), b"\ndata: ", self.data, b"\n\n"))
+            self._frame = encode_entry(self.entry_id, self.type, self.data)
         return self._frame
 
 

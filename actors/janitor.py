@@ -2,16 +2,24 @@
 
 A run actor lives in one process. If that process dies (kill -9, power loss) its runs stay
 ``in_progress`` in Redis forever - the embedded Redis keeps its data across restarts. Each node
-holds a lease key refreshed by this worker; every live run is registered with its node. A run
-whose node's lease has expired is orphaned: the janitor appends the terminal event (continuing
-the run's seq), a persistence checkpoint, and unregisters it, so no Response is left
-``in_progress`` and the projector persists the ending.
+holds a lease key refreshed by this worker (every ``interval_s``, for ``lease_ttl_s``); every
+live run is registered with its node. A run whose node's lease has expired is orphaned, and
+so is a run registered to this very node that has no actor here any more.
+
+Every node runs a janitor and they all sweep the same registry, so several may find one
+orphan at once. The ending is written exactly once all the same: the check ("its last entry
+is still the one I read, it has not ended, it is still registered to the dead node") and the
+append are one Lua script on the run's hash-tagged keys (``EventLog.end_orphan``); a janitor
+that loses the race does nothing. Only then, in other slots, come the persistence checkpoint
+and the unregistration. A janitor that dies in between leaves a run that has ended but is
+still registered; whoever sweeps next sees exactly that and writes the checkpoint and the
+unregistration again (both idempotent), so the projector always persists the ending.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Sequence
 from typing import Protocol
 
 import trio
@@ -19,6 +27,7 @@ import trio
 from runtime.clock import WallClock
 from runtime.envelope import EventFactory, decode_event, encode_event
 from runtime.errors import RUN_ORPHANED
+from runtime.eventlog import OrphanEnding
 from runtime.ids import new_traceparent
 from runtime.schema import TERMINAL_EVENT_TYPES, ErrorInfo, ResponseErrorPayload
 
@@ -32,14 +41,17 @@ class JanitorLog(Protocol):
 
     async def live_runs(self) -> dict[str, str]: ...
 
+    async def migrate_legacy_live(self) -> int: ...
+
     async def unregister_live(self, run_id: str) -> None: ...
 
     async def last_raw(self, run_id: str) -> tuple[str, bytes] | None: ...
 
-    async def append(self, run_id: str, events: list[bytes],
+    async def append(self, run_id: str, events: Sequence[bytes],
                      checkpoint_seq: int | None = None) -> list[str]: ...
 
-    async def set_status(self, run_id: str, status: str) -> None: ...
+    async def end_orphan(self, run_id: str, *, last_id: str, event: bytes, owner: str,
+                         by: str) -> OrphanEnding: ...
 
 
 class Janitor:
@@ -54,6 +66,12 @@ class Janitor:
         self._interval = interval_s
         self._on_orphan = on_orphan
         self.ended = 0
+        """Orphans this janitor ended (wrote RUN_ORPHANED for)."""
+        self.settled = 0
+        """Runs found ended but still registered, checkpointed and unregistered again."""
+        self.lost = 0
+        """Orphans this janitor found but did not end (another janitor was first, or the run
+        moved on): the atomic check at work."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -65,39 +83,56 @@ class Janitor:
             await trio.sleep(self._interval)
 
     async def sweep(self) -> int:
+        """One pass over the registry; returns how many orphans this pass ended."""
+        await self._log.migrate_legacy_live()  # one HGETALL once there is nothing left
         ended = 0
         alive: dict[str, bool] = {}
         for run_id, node in (await self._log.live_runs()).items():
             if node == self.node_id:
-                if run_id not in self._local and await self._end(run_id, "its actor is gone"):
+                if run_id not in self._local and await self._end(run_id, node,
+                                                                 "its actor is gone"):
                     ended += 1
                 continue
             if node not in alive:
                 alive[node] = await self._log.lease_alive(node)
-            if not alive[node] and await self._end(run_id, f"node {node} is gone"):
+            if not alive[node] and await self._end(run_id, node, f"node {node} is gone"):
                 ended += 1
         self.ended += ended
         return ended
 
-    async def _end(self, run_id: str, why: str) -> bool:
-        """Append RUN_ORPHANED unless the run already ended; True if it did append."""
+    async def _end(self, run_id: str, node: str, why: str) -> bool:
+        """Append RUN_ORPHANED unless the run already ended; True if this call appended it."""
         last = await self._log.last_raw(run_id)
-        if last is None:
+        if last is None:  # nothing written yet, or expired: nothing to end or persist
             await self._log.unregister_live(run_id)
             return False
         event = decode_event(last[1])
         if event.type in TERMINAL_EVENT_TYPES:
-            await self._log.unregister_live(run_id)
+            await self._settle(run_id, event.seq)
+            self.settled += 1
             return False
         factory = EventFactory(run_id, event.trace_context.traceparent or new_traceparent(),
                                self._clock.now_ms, first_seq=event.seq + 1)
         ending = factory.make(ResponseErrorPayload(
             response_id=run_id,
             error=ErrorInfo(code=RUN_ORPHANED, message=f"run orphaned: {why}")))
-        await self._log.append(run_id, [encode_event(ending)], ending.seq)
-        await self._log.set_status(run_id, "error")
-        await self._log.unregister_live(run_id)
+        result = await self._log.end_orphan(run_id, last_id=last[0],
+                                            event=encode_event(ending), owner=node,
+                                            by=self.node_id)
+        if result.outcome != "appended":
+            # "moved": someone wrote after what we read (another janitor's ending, or an actor
+            # after all); "ended"/"gone"/"owner": not ours to end. The next sweep decides again.
+            log.info("janitor: run %s not ended here (%s)", run_id, result.outcome)
+            self.lost += 1
+            return False
+        await self._settle(run_id, ending.seq)
         log.warning("janitor: ended orphaned run %s (%s)", run_id, why)
         if self._on_orphan is not None:
             self._on_orphan(run_id)
         return True
+
+    async def _settle(self, run_id: str, seq: int) -> None:
+        """An ended run: checkpoint its last seq (the projector persists the ending; twice is
+        harmless) and take it off the registry."""
+        await self._log.append(run_id, [], seq)
+        await self._log.unregister_live(run_id)

@@ -1,11 +1,17 @@
 """The persistence projector (SPEC §5): Redis checkpoints in, store rows out.
 
-The run actors append ``{run_id, seq}`` checkpoints to the ``persist`` stream. The projector
-reads them through the ``cody-projector`` consumer group, rebuilds each run's Response by
-replaying the run's own stream (the stream is the truth; the checkpoint only says how far to
-go), upserts it (the store keeps the highest seq, so a replay or a second projector changes
-nothing), and only then XACKs. Entries a dead projector left pending are taken over with
-XAUTOCLAIM once idle long enough, so a crash loses nothing. Terminal runs get the retention TTL.
+The run actors append ``{run_id, seq}`` checkpoints to the persist queue, a run's to the shard
+its id hashes to (runtime/keys.py). The projectors of every node share the shards: each reads
+all of them through the ``cody-projector`` consumer group (never a connection held per shard,
+see runtime/eventlog.py), rebuilds each run's Response by replaying the run's own stream (the
+stream is the truth; the checkpoint only says how far to go), upserts it (the store keeps the
+highest seq, so a replay or a second projector changes nothing), and only then XACKs. Entries
+a dead projector left pending are taken over with XAUTOCLAIM once idle long enough, so a crash
+loses nothing. Terminal runs get the retention TTL. At start the projector also moves a
+pre-sharding queue into the shards (``EventLog.ensure_group``).
+A poison run (an event in its stream that cannot be folded) is logged, counted (``poisoned``)
+and acked; the others are persisted as usual. Only an outage (an infrastructure error) stops
+the projector, for its supervisor to wait out.
 
 A small cache keeps each live run's reducer and cursor, so a long run is read once, not once
 per checkpoint. After a read that found work the projector lingers a moment (``linger_s``) so
@@ -17,16 +23,14 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
-from runtime.envelope import decode_event
-from runtime.errors import CodyError
+from runtime.errors import CorruptStream, is_infrastructure
 from runtime.eventlog import Checkpoint
-from runtime.reducer import ResponseReducer
 from runtime.schema import Response
+from runtime.stream_fold import StreamFold, fold_stream
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ class ProjectorLog(Protocol):
     async def claim_checkpoints(self, consumer: str, min_idle_ms: int,
                                 count: int) -> list[Checkpoint]: ...
 
-    async def ack(self, entry_ids: Sequence[str]) -> None: ...
+    async def ack(self, checkpoints: Sequence[Checkpoint]) -> None: ...
 
     async def read_after(self, run_id: str, cursor: str,
                          count: int) -> list[tuple[str, bytes]]: ...
@@ -55,12 +59,6 @@ class ProjectorStore(Protocol):
                                ) -> list[bool]: ...
 
 
-@dataclass(slots=True)
-class _RunCursor:
-    reducer: ResponseReducer = field(default_factory=ResponseReducer)
-    last_id: str = "0-0"
-
-
 class Projector:
     def __init__(self, log_: ProjectorLog, store: ProjectorStore, *, consumer: str,
                  claim_idle_ms: int, block_ms: int, retention_s: int,
@@ -73,9 +71,11 @@ class Projector:
         self._block_ms = block_ms
         self._retention_s = retention_s
         self._batch = batch
-        self._cache: OrderedDict[str, _RunCursor] = OrderedDict()
+        self._cache: OrderedDict[str, StreamFold] = OrderedDict()
         self._cache_size = cache_size
         self.persisted = 0
+        self.poisoned = 0
+        """Runs skipped because their stream cannot be folded (each time one is met)."""
         self._trim_interval_s = trim_interval_s
         self._linger_s = linger_s
 
@@ -113,14 +113,21 @@ class Projector:
         wanted: dict[str, int] = {}
         for c in checkpoints:
             wanted[c.run_id] = max(wanted.get(c.run_id, 0), c.seq)
-        folded: list[tuple[str, _RunCursor]] = []
+        folded: list[tuple[str, StreamFold]] = []
         for run_id, seq in wanted.items():
             try:
                 cursor = await self._fold(run_id, seq)
-            except CodyError:
-                raise
-            except Exception:  # a poisoned run must not stop persistence of the others
-                log.exception("projector: cannot rebuild run %s; skipping it", run_id)
+            except Exception as exc:
+                if is_infrastructure(exc):
+                    raise  # Redis is down: the supervisor waits it out; nothing was acked
+                # A poison run (its stream cannot be folded) is logged, counted and acked
+                # with the rest: retrying it would fail the same way forever, and a crash
+                # would leave its checkpoint pending, to be claimed and crash us again.
+                self.poisoned += 1
+                if isinstance(exc, CorruptStream):
+                    log.error("projector: skipping poison run %s: %s", run_id, exc.message)
+                else:
+                    log.exception("projector: cannot rebuild run %s; skipping it", run_id)
                 continue
             if cursor is not None:
                 folded.append((run_id, cursor))
@@ -135,17 +142,11 @@ class Projector:
                     self._cache[run_id] = cursor
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        await self._log.ack([c.entry_id for c in checkpoints])
+        await self._log.ack(checkpoints)
 
-    async def _fold(self, run_id: str, seq: int) -> _RunCursor | None:
+    async def _fold(self, run_id: str, seq: int) -> StreamFold | None:
         """The run's reducer advanced to at least ``seq`` (None: the stream has expired,
         so an earlier projector persisted it)."""
-        cursor = self._cache.pop(run_id, None) or _RunCursor()
-        while cursor.reducer.last_seq < seq:
-            page = await self._log.read_after(run_id, cursor.last_id, 1000)
-            if not page:
-                break
-            for entry_id, raw in page:
-                cursor.reducer.apply(decode_event(raw))
-                cursor.last_id = entry_id
+        cursor = self._cache.pop(run_id, None) or StreamFold(run_id)
+        await fold_stream(self._log, cursor, until_seq=seq)
         return cursor if cursor.reducer.started else None

@@ -1,4 +1,7 @@
-"""The Quart-Trio app (SPEC §7), built by one factory from a runtime.
+"""The Quart-Trio app (SPEC §7), built by one factory from the runtime's services.
+
+Routes parse and validate HTTP (ids, bodies, query strings) and call a service; they never
+touch the store, the event log or an actor (``Services`` has none of them to offer).
 
 Bodies are read whole (bounded by ``max_body_bytes``), parsed as JSON and validated by pydantic
 models that reject unknown fields; every error goes through ``api/errors.py``. SSE responses
@@ -18,12 +21,13 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors.system import CodyRuntime
+from actors.system import Services
 from api.errors import from_cody, from_http, from_unexpected, validation_failed
 from api.models import ThreadCreate, ThreadPatch
 from api.openapi import openapi_document
 from runtime.errors import CodyError, PayloadTooLarge, ValidationFailed
 from runtime.ids import is_uuid
+from runtime.sse import KEEP_ALIVE, STREAM_OPEN
 from runtime.turns import TurnRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -71,13 +75,16 @@ async def _body(model: type[M], max_bytes: int, *, allow_empty: bool = False) ->
         raise validation_failed(exc) from exc
 
 
-def create_app(runtime: CodyRuntime) -> QuartTrio:
+def create_app(services: Services) -> QuartTrio:
     app = QuartTrio("cody")
     app.config["RESPONSE_TIMEOUT"] = None  # SSE streams live as long as their run
-    app.config["MAX_CONTENT_LENGTH"] = runtime.config.max_body_bytes
+    config = services.config
+    submission, reading = services.submission, services.reading
+    threads, lifecycle = services.threads, services.lifecycle
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
-    max_body = runtime.config.max_body_bytes
-    keepalive = runtime.config.keepalive_s
+    max_body = config.max_body_bytes
+    keepalive = config.keepalive_s
 
     app.register_error_handler(CodyError, from_cody)
     app.register_error_handler(HTTPException, from_http)
@@ -86,7 +93,7 @@ def create_app(runtime: CodyRuntime) -> QuartTrio:
     # ------------------------------------------------------------------ runs
 
     async def submit() -> Response:
-        accepted = await runtime.submit(await _body(TurnRequest, max_body))
+        accepted = await submission.submit(await _body(TurnRequest, max_body))
         return _model_json(accepted, 202)
 
     app.add_url_rule("/api/v2/runs", "submit", submit, methods=["POST"])
@@ -94,27 +101,27 @@ def create_app(runtime: CodyRuntime) -> QuartTrio:
 
     @app.get("/api/v2/runs/<run_id>")
     async def get_run(run_id: str) -> Response:
-        return _model_json(await runtime.get_response(_check_id(run_id, "run_id")))
+        return _model_json(await reading.get_response(_check_id(run_id, "run_id")))
 
     @app.post("/api/v2/runs/<run_id>/cancel")
     async def cancel_run(run_id: str) -> Response:
-        return _model_json(await runtime.cancel(_check_id(run_id, "run_id")))
+        return _model_json(await submission.cancel(_check_id(run_id, "run_id")))
 
     @app.get("/api/v2/runs/<run_id>/events")
     async def run_events(run_id: str) -> Response | tuple[str, int]:
         run_id = _check_id(run_id, "run_id")
         cursor = request.headers.get("Last-Event-ID") or request.args.get("after") or None
-        reader = await runtime.open_reader(run_id, cursor)
+        reader = await reading.open_reader(run_id, cursor)
         if reader is None:
             return "", 204
 
         async def frames() -> AsyncIterator[bytes]:
             try:
-                yield b": stream open\n\n"
+                yield STREAM_OPEN
                 while True:
                     batch = await reader.next_batch(keepalive)
                     if batch is None:
-                        yield b": keep-alive\n\n"
+                        yield KEEP_ALIVE
                     elif batch:
                         yield b"".join(e.frame for e in batch)
                     if reader.done:
@@ -131,7 +138,7 @@ def create_app(runtime: CodyRuntime) -> QuartTrio:
     @app.post("/api/v2/threads")
     async def create_thread() -> Response:
         body = await _body(ThreadCreate, max_body, allow_empty=True)
-        thread = await runtime.create_thread(body.title, body.settings or {})
+        thread = await threads.create(body.title, body.settings or {})
         return _model_json(thread, 201)
 
     @app.get("/api/v2/threads")
@@ -142,15 +149,12 @@ def create_app(runtime: CodyRuntime) -> QuartTrio:
         except ValueError as exc:
             raise ValidationFailed("limit/offset: must be integers",
                                    details={"field": "limit"}) from exc
-        if not 1 <= limit <= 500 or offset < 0:
-            raise ValidationFailed("limit: must be 1..500 and offset >= 0",
-                                   details={"field": "limit"})
-        threads = await runtime.store.list_threads(limit=limit, offset=offset)
-        return _json({"threads": [t.model_dump(mode="json") for t in threads]})
+        listed = await threads.list_threads(limit=limit, offset=offset)
+        return _json({"threads": [t.model_dump(mode="json") for t in listed]})
 
     @app.get("/api/v2/threads/<thread_id>")
     async def get_thread(thread_id: str) -> Response:
-        thread, runs = await runtime.thread_with_runs(_check_id(thread_id, "thread_id"))
+        thread, runs = await threads.with_runs(_check_id(thread_id, "thread_id"))
         return _json({"thread": thread.model_dump(mode="json"),
                       "runs": [r.model_dump(mode="json") for r in runs]})
 
@@ -158,13 +162,12 @@ def create_app(runtime: CodyRuntime) -> QuartTrio:
     async def patch_thread(thread_id: str) -> Response:
         thread_id = _check_id(thread_id, "thread_id")
         body = await _body(ThreadPatch, max_body)
-        thread = await runtime.store.update_thread(thread_id, title=body.title,
-                                                   settings=body.settings)
+        thread = await threads.update(thread_id, title=body.title, settings=body.settings)
         return _model_json(thread)
 
     @app.delete("/api/v2/threads/<thread_id>")
     async def delete_thread(thread_id: str) -> tuple[str, int]:
-        await runtime.store.delete_thread(_check_id(thread_id, "thread_id"))
+        await threads.delete(_check_id(thread_id, "thread_id"))
         return "", 204
 
     # ------------------------------------------------------------------ health
@@ -177,13 +180,9 @@ def create_app(runtime: CodyRuntime) -> QuartTrio:
     @app.get("/api/v2/ready")
     @app.get("/ready")
     async def ready() -> Response:
-        checks = await runtime.ready()
-        ok = all(checks.values())
-        if not ok:
-            return _json({"error": {"code": "REDIS_UNAVAILABLE" if not checks["redis"]
-                                    else "STORE_UNAVAILABLE", "message": "not ready",
-                                    "details": checks}}, 503)
-        return _json({"status": "ready", **checks})
+        readiness = await lifecycle.ready()
+        readiness.raise_unless_ready()
+        return _json({"status": "ready", **readiness.as_dict()})
 
     @app.get("/openapi.json")
     async def openapi() -> Response:

@@ -1,35 +1,47 @@
-"""The one place where errors become HTTP responses (SPEC §7 error model)."""
+"""The one place where errors become HTTP responses (SPEC §7 error model).
+
+Every error is a :class:`~runtime.errors.CodyError` by the time it gets here, or is made one:
+the HTTP layer's own refusals (werkzeug's 404, 405, 413, ...) map to ours by status, and
+anything else is a bug, logged and answered ``500 INTERNAL_ERROR`` with nothing of its text.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from pydantic import ValidationError
 from quart import Response
 from werkzeug.exceptions import HTTPException
 
-from runtime.errors import CodyError, PayloadTooLarge, ValidationFailed
+from runtime.errors import (
+    CodyError,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE",
-               400: "VALIDATION_ERROR", 415: "UNSUPPORTED_MEDIA_TYPE", 408: "REQUEST_TIMEOUT"}
+_BY_STATUS: dict[int, type[CodyError]] = {
+    400: ValidationFailed, 404: NotFound, 405: MethodNotAllowed, 408: RequestTimeout,
+    413: PayloadTooLarge, 415: UnsupportedMediaType}
 
 
-def error_response(status: int, code: str, message: str,
-                   details: dict[str, Any] | None = None) -> Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details:
-        body["details"] = details
-    return Response(json.dumps({"error": body}), status=status, mimetype="application/json")
+def error_response(exc: CodyError) -> Response:
+    response = Response(json.dumps(exc.to_json()), status=exc.status,
+                        mimetype="application/json")
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def from_cody(exc: CodyError) -> Response:
-    response = error_response(exc.status, exc.code, exc.message, exc.details)
-    if exc.retry_after_s is not None:
-        response.headers["Retry-After"] = str(exc.retry_after_s)
+    response = error_response(exc)
     if isinstance(exc, PayloadTooLarge):
         # the body was not read: close the connection rather than leave the client blocked
         # writing it (httpx then reads this response after its write fails)
@@ -41,13 +53,16 @@ def from_http(exc: HTTPException) -> Response:
     status = exc.code or 500
     if status == 413:
         return from_cody(PayloadTooLarge("request body is too large"))
-    return error_response(status, _HTTP_CODES.get(status, "HTTP_ERROR"),
-                          exc.description or exc.name)
+    message = exc.description or exc.name
+    cls = _BY_STATUS.get(status)
+    if cls is not None:
+        return from_cody(cls(message))
+    return from_cody(HttpError(message, status=status))
 
 
 def from_unexpected(exc: BaseException) -> Response:
     log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "INTERNAL_ERROR", "internal error")
+    return error_response(CodyError("internal error"))
 
 
 def validation_failed(exc: ValidationError, *, prefix: str = "") -> ValidationFailed:

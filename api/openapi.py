@@ -24,7 +24,8 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Validation error (names the field)", 404: "Not found", 410: "Stream expired",
-            413: "Payload too large", 409: "Conflict", 503: "Redis or store unavailable"}
+            413: "Payload too large", 409: "Conflict",
+            503: "Redis or the store unavailable, or the server shutting down (Retry-After)"}
     return {str(c): {"description": text[c], "content": _json_content(_ref("ErrorBody"))}
             for c in codes}
 

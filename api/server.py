@@ -20,7 +20,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from actors.system import CodyRuntime, open_runtime
+from actors.system import Services, open_runtime
 from api.app import create_app
 from runtime.config import RuntimeConfig
 from runtime.slow_steps import SlowSteps
@@ -39,9 +39,9 @@ def hypercorn_config(config: RuntimeConfig) -> HypercornConfig:
     return hc
 
 
-def http_worker(runtime: CodyRuntime, stop: trio.Event) -> ChildSpec:
-    app = create_app(runtime)
-    hc = hypercorn_config(runtime.config)
+def http_worker(services: Services, stop: trio.Event) -> ChildSpec:
+    app = create_app(services)
+    hc = hypercorn_config(services.config)
 
     async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await hypercorn_serve(app, hc, shutdown_trigger=stop.wait,
@@ -110,8 +110,8 @@ async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = Non
                 tune_gc()
                 await draining.wait()
                 _exit_by_deadline(config.drain_timeout_s)
-                await runtime.drain("server shutting down",
-                                    timeout_s=max(0.5, config.drain_timeout_s - 2.0))
+                await runtime.lifecycle.drain("server shutting down",
+                                              timeout_s=max(0.5, config.drain_timeout_s - 2.0))
                 # let SSE generators flush their terminal frames, then stop accepting
                 await trio.sleep(0.2)
                 stop.set()

@@ -36,9 +36,9 @@ async def cody_run(rt: CodyRuntime, n: int) -> tuple[int, float, list[bytes]]:
     sample: list[bytes] = []
 
     async def one() -> None:
-        accepted = await rt.submit(TurnRequest(prompt=FX.prompt, provider_id="openai",
-                                               model=FX.model, tools=[]))
-        reader = await rt.open_reader(accepted.run_id, None)
+        accepted = await rt.submission.submit(TurnRequest(
+            prompt=FX.prompt, provider_id="openai", model=FX.model, tools=[]))
+        reader = await rt.reading.open_reader(accepted.run_id, None)
         assert reader is not None
         got = 0
         datas: list[bytes] = []

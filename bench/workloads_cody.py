@@ -85,12 +85,12 @@ class FanoutResult:
 async def fanout(rt: CodyRuntime, subscribers: int, wait_s: float = 30.0) -> FanoutResult:
     """One paced run, ``subscribers`` readers opened right after submit. Lag is receipt wall
     time minus the XADD millisecond in the entry id (both from this host's clock)."""
-    accepted = await rt.submit(rapid_request())
+    accepted = await rt.submission.submit(rapid_request())
     run_id = accepted.run_id
-    actor = rt.actors[run_id]
+    actor = rt.runs.actors[run_id]
     readers: list[RunReader] = []
     for _ in range(subscribers):
-        reader = await rt.open_reader(run_id, None)
+        reader = await rt.reading.open_reader(run_id, None)
         assert reader is not None
         readers.append(reader)
     counts = [0] * subscribers
@@ -211,7 +211,7 @@ async def resume(rt: CodyRuntime, redis_url: str, *, n_events: int = 10_000,
         for _ in range(repeats):
             for name, cursor in cursors.items():
                 t0 = time.perf_counter()
-                reader = await rt.open_reader(run_id, cursor)
+                reader = await rt.reading.open_reader(run_id, cursor)
                 assert reader is not None
                 batch = await reader.next_batch(5.0)
                 t1 = time.perf_counter()
@@ -246,14 +246,14 @@ async def memory(rt: CodyRuntime, request: TurnRequest, *, runs: int = 1000,
     The replay provider holds the whole recorded stream of each run split into blocks, so a
     big fixture (rapid_deltas, 263 KiB) charges each run its size: a live provider does not."""
     base = settled_rss()
-    run_ids = [(await rt.submit(request)).run_id for _ in range(runs)]
+    run_ids = [(await rt.submission.submit(request)).run_id for _ in range(runs)]
     await wait_until(lambda: all(a.snapshot() is not None for rid in run_ids
-                                 if (a := rt.actors.get(rid))))
-    assert all(rid in rt.actors for rid in run_ids), "a run ended while measured"
+                                 if (a := rt.runs.actors.get(rid))))
+    assert all(rid in rt.runs.actors for rid in run_ids), "a run ended while measured"
     with_runs = settled_rss()
     run_id = run_ids[0]
-    actor = rt.actors[run_id]
-    readers = [await rt.open_reader(run_id, None) for _ in range(subscribers)]
+    actor = rt.runs.actors[run_id]
+    readers = [await rt.reading.open_reader(run_id, None) for _ in range(subscribers)]
 
     caught_up = 0
 
@@ -273,7 +273,7 @@ async def memory(rt: CodyRuntime, request: TurnRequest, *, runs: int = 1000,
         await wait_until(lambda: caught_up >= subscribers)
         assert len(actor.fanout) >= subscribers
         with_subs = settled_rss()
-        assert run_id in rt.actors, "the run ended while measured"
+        assert run_id in rt.runs.actors, "the run ended while measured"
         nursery.cancel_scope.cancel()
     for reader in readers:
         assert reader is not None
@@ -292,8 +292,8 @@ async def cpu_per_event(rt: CodyRuntime, runs: int = 100) -> tuple[int, float, f
 
     async def one() -> None:
         nonlocal total
-        accepted = await rt.submit(rapid_request())
-        reader = await rt.open_reader(accepted.run_id, None)
+        accepted = await rt.submission.submit(rapid_request())
+        reader = await rt.reading.open_reader(accepted.run_id, None)
         assert reader is not None
         while not reader.done:
             batch = await reader.next_batch(30.0)

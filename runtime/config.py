@@ -51,8 +51,13 @@ class RuntimeConfig(BaseModel):
     # where things live
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".cody")
     redis_url: str | None = None
-    """None: start the embedded redis-server on a unix socket in ``data_dir``."""
+    """None: start the embedded redis-server on a unix socket in ``data_dir``. Else
+    ``redis://host:port/db``, ``unix:///path.sock`` or a Redis Cluster,
+    ``redis+cluster://host:port,host:port,...`` (seed nodes)."""
     key_prefix: str = "cody"
+    persist_shards: int = Field(default=16, ge=1, le=1024)
+    """Shards of the persist queue and the live-run registry (runtime/keys.py). The same on
+    every node of one deployment; change it only with the queue drained."""
     store_path: Path | None = None
     """None: ``data_dir / "cody.db"``."""
     store_url: str | None = None
@@ -74,7 +79,9 @@ class RuntimeConfig(BaseModel):
     fixtures_dir: Path | None = None
     replay_delay_s: float = 0.0
     """Pause between SSE blocks of a replayed stream (0: as fast as possible)."""
-    replay_record_requests: bool = True
+    replay_record_requests: bool = False
+    """Append every provider request a replayed turn would send to
+    ``data_dir/replay-requests.jsonl`` (tests read it; off by default: it grows forever)."""
     openai_api_key: str | None = None
     openai_base_url: str = "https://api.openai.com/v1"
     anthropic_api_key: str | None = None
@@ -125,6 +132,12 @@ class RuntimeConfig(BaseModel):
     left for the janitor (RUN_ORPHANED)."""
     writer_pool_size: int = 32
 
+    # nodes
+    lease_ttl_s: int = Field(default=15, ge=1)
+    """A node's lease: its runs are orphaned this long after it stops refreshing it."""
+    janitor_interval_s: float = Field(default=5.0, gt=0)
+    """How often each node's janitor refreshes its lease and sweeps for orphaned runs."""
+
     # the exec tool's confinement (actors/tools/sandbox.py; README, Security); 0: no limit
     exec_env: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_EXEC_ENV), repr=False)
     """What a command's environment starts from (HOME and TMPDIR are set per command)."""
@@ -171,6 +184,9 @@ class RuntimeConfig(BaseModel):
         put("data_dir", "CODY_DATA_DIR", Path)
         put("redis_url", "CODY_REDIS_URL")
         put("key_prefix", "CODY_KEY_PREFIX")
+        put("persist_shards", "CODY_PERSIST_SHARDS", int)
+        put("lease_ttl_s", "CODY_LEASE_TTL_S", int)
+        put("janitor_interval_s", "CODY_JANITOR_INTERVAL_S", float)
         put("store_path", "CODY_STORE_PATH", Path)
         put("store_url", "CODY_STORE_URL")
         store_scheme = str(values.get("store_url", "sqlite:")).split(":", 1)[0].lower()
@@ -216,8 +232,10 @@ class RuntimeConfig(BaseModel):
             raise ValidationFailed(f"CODY_EXEC_ENV_ALLOW: {sorted(secret)[0]} is a secret",
                                    details={"field": "CODY_EXEC_ENV_ALLOW"})
         values["exec_env"] = {n: e[n] for n in (*EXEC_ENV_NAMES, *allow) if n in e}
-        if e.get("CODY_EXEC"):
-            values["exec_enabled"] = e["CODY_EXEC"].lower() in ("1", "true", "yes", "on")
+        for name, var in (("exec_enabled", "CODY_EXEC"),
+                          ("replay_record_requests", "CODY_REPLAY_RECORD_REQUESTS")):
+            if e.get(var):
+                values[name] = e[var].lower() in ("1", "true", "yes", "on")
         replay_env = e.get("CODY_REPLAY")
         if replay_env:
             values["replay"] = replay_env.lower() in ("1", "true", "yes", "on")

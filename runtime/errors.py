@@ -1,40 +1,80 @@
-"""The one error hierarchy of Cody Core.
+"""The one error hierarchy of Cody Core, and every error code it uses.
 
-Each error carries its API ``code`` and HTTP ``status`` so that ``api/`` maps errors to
-responses in one place. Foreign errors (coredis, httpx, sqlite3) are translated at the
-boundary where they occur, so the rest of the code sees only these::
+Each error carries its API ``code``, its HTTP ``status`` and its ``kind``, so that ``api/`` maps
+errors to responses in one place and a caller knows what to do with one without knowing the
+class. Foreign errors (coredis, httpx, sqlite3) are translated at the boundary where they occur,
+so the rest of the code sees only these::
 
-    CodyError                         500 INTERNAL_ERROR
-    ├── ValidationFailed              400 VALIDATION_ERROR   (names the field)
-    ├── UnknownProvider               400 UNKNOWN_PROVIDER
-    ├── InvalidModel                  400 INVALID_MODEL
-    ├── ProviderNotConfigured         400 PROVIDER_NOT_CONFIGURED
-    ├── NotFound                      404 NOT_FOUND
-    ├── Conflict                      409 CONFLICT
-    ├── StreamExpired                 410 STREAM_EXPIRED
-    ├── PayloadTooLarge               413 PAYLOAD_TOO_LARGE
-    ├── RedisUnavailable              503 REDIS_UNAVAILABLE  (infrastructure)
-    ├── StoreUnavailable              503 STORE_UNAVAILABLE  (infrastructure)
-    ├── ShuttingDown                  503 SHUTTING_DOWN
-    ├── SupervisorGaveUp              500 SUPERVISOR_GAVE_UP (takes the process down)
-    ├── EventOrderError               500 EVENT_ORDER_ERROR  (event before response_start)
-    ├── TurnProtocolError             500 TURN_PROTOCOL_ERROR (a driver misused the turn machine)
-    ├── ProviderError                 502 PROVIDER_ERROR     (code: the provider's own)
-    └── ToolError                     500 TOOL_ERROR         (becomes success=false output)
+    CodyError                     500 INTERNAL_ERROR          internal
+    ├── ValidationFailed          400 VALIDATION_ERROR        client (names the field)
+    ├── UnknownProvider           400 UNKNOWN_PROVIDER        client
+    ├── InvalidModel              400 INVALID_MODEL           client
+    ├── ProviderNotConfigured     400 PROVIDER_NOT_CONFIGURED client
+    ├── NotFound                  404 NOT_FOUND               client
+    ├── MethodNotAllowed          405 METHOD_NOT_ALLOWED      client
+    ├── RequestTimeout            408 REQUEST_TIMEOUT         client (the body came too slowly)
+    ├── Conflict                  409 CONFLICT                client
+    ├── StreamExpired             410 STREAM_EXPIRED          client
+    ├── PayloadTooLarge           413 PAYLOAD_TOO_LARGE       client
+    ├── UnsupportedMediaType      415 UNSUPPORTED_MEDIA_TYPE  client
+    ├── HttpError                 4xx HTTP_ERROR              client (other HTTP refusals)
+    ├── RedisUnavailable          503 REDIS_UNAVAILABLE       infrastructure
+    ├── StoreUnavailable          503 STORE_UNAVAILABLE       infrastructure
+    ├── ShuttingDown              503 SHUTTING_DOWN           infrastructure (draining)
+    ├── SupervisorGaveUp          500 SUPERVISOR_GAVE_UP      internal (ends the process)
+    ├── EventOrderError           500 EVENT_ORDER_ERROR       internal (before response_start)
+    ├── CorruptStream             500 CORRUPT_STREAM          internal (a poison run)
+    ├── TurnProtocolError         500 TURN_PROTOCOL_ERROR     internal (a turn machine misused)
+    ├── ProviderError             502 PROVIDER_ERROR          provider (or the provider's code)
+    └── ToolError                 500 TOOL_ERROR              internal (a success=false output)
+
+The codes that the runtime writes into events (``response_error`` / ``item_error``) without
+raising are the constants at the end of this module. :data:`CODES` holds every code and its kind;
+``tests/unit/test_errors.py`` checks that no other module spells a code of its own.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Any, ClassVar
+
+
+class ErrorKind(enum.Enum):
+    """What an error means for whoever meets it."""
+
+    CLIENT = "client"
+    """The request is wrong (4xx): the caller must change it; retrying it as is never helps."""
+    INFRASTRUCTURE = "infrastructure"
+    """This server cannot serve now (Redis or the store is down, or it is draining): 503 with
+    ``Retry-After``; workers wait it out, and it never counts as a crash."""
+    PROVIDER = "provider"
+    """The model provider refused, broke or never delivered the turn: the run ends with the
+    code (the provider's own when it gave one)."""
+    INTERNAL = "internal"
+    """A bug or corrupt data: 500, logged with its traceback."""
+
+
+CODES: dict[str, ErrorKind] = {}
+"""Every error code Cody Core itself uses, and its kind (providers' own codes are not ours)."""
+
+
+def _code(code: str, kind: ErrorKind) -> str:
+    if CODES.setdefault(code, kind) is not kind:
+        raise ValueError(f"error code {code} registered twice with different kinds")
+    return code
 
 
 class CodyError(Exception):
     code: str = "INTERNAL_ERROR"
     status: int = 500
-    infrastructure: bool = False
-    """A dependency (Redis, the store) is down: retry later; never counted as a crash."""
+    kind: ClassVar[ErrorKind] = ErrorKind.INTERNAL
     retry_after_s: int | None = None
     """For a 503: the ``Retry-After`` the API sends."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:  # a class that names its own code registers it
+            _code(cls.code, cls.kind)
 
     def __init__(self, message: str, *, code: str | None = None,
                  details: dict[str, Any] | None = None) -> None:
@@ -44,6 +84,16 @@ class CodyError(Exception):
             self.code = code
         self.details = details
 
+    @property
+    def infrastructure(self) -> bool:
+        """A dependency is down (or the server is draining): retry later; never a crash."""
+        return self.kind is ErrorKind.INFRASTRUCTURE
+
+    @property
+    def client(self) -> bool:
+        """The request itself is wrong: a 4xx that names what to change."""
+        return self.kind is ErrorKind.CLIENT
+
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details:
@@ -51,57 +101,105 @@ class CodyError(Exception):
         return {"error": body}
 
 
+_code(CodyError.code, CodyError.kind)
+
+
+# ---------------------------------------------------------------------- client errors (4xx)
+
+
 class ValidationFailed(CodyError):
     code = "VALIDATION_ERROR"
     status = 400
+    kind = ErrorKind.CLIENT
 
 
 class UnknownProvider(CodyError):
     code = "UNKNOWN_PROVIDER"
     status = 400
+    kind = ErrorKind.CLIENT
 
 
 class InvalidModel(CodyError):
     code = "INVALID_MODEL"
     status = 400
+    kind = ErrorKind.CLIENT
 
 
 class ProviderNotConfigured(CodyError):
     code = "PROVIDER_NOT_CONFIGURED"
     status = 400
+    kind = ErrorKind.CLIENT
 
 
 class NotFound(CodyError):
     code = "NOT_FOUND"
     status = 404
+    kind = ErrorKind.CLIENT
+
+
+class MethodNotAllowed(CodyError):
+    code = "METHOD_NOT_ALLOWED"
+    status = 405
+    kind = ErrorKind.CLIENT
+
+
+class RequestTimeout(CodyError):
+    code = "REQUEST_TIMEOUT"
+    status = 408
+    kind = ErrorKind.CLIENT
 
 
 class Conflict(CodyError):
     code = "CONFLICT"
     status = 409
+    kind = ErrorKind.CLIENT
 
 
 class StreamExpired(CodyError):
     code = "STREAM_EXPIRED"
     status = 410
+    kind = ErrorKind.CLIENT
 
 
 class PayloadTooLarge(CodyError):
     code = "PAYLOAD_TOO_LARGE"
     status = 413
+    kind = ErrorKind.CLIENT
+
+
+class UnsupportedMediaType(CodyError):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    status = 415
+    kind = ErrorKind.CLIENT
+
+
+class HttpError(CodyError):
+    """Any other status the HTTP layer answers with by itself (a 4xx in practice);
+    ``status`` is the one it gave."""
+
+    code = "HTTP_ERROR"
+    status = 400
+    kind = ErrorKind.CLIENT
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------- infrastructure (503)
 
 
 class RedisUnavailable(CodyError):
     code = "REDIS_UNAVAILABLE"
     status = 503
-    infrastructure = True
+    kind = ErrorKind.INFRASTRUCTURE
     retry_after_s = 2
 
 
 class StoreUnavailable(CodyError):
     code = "STORE_UNAVAILABLE"
     status = 503
-    infrastructure = True
+    kind = ErrorKind.INFRASTRUCTURE
     retry_after_s = 2
 
 
@@ -110,7 +208,11 @@ class ShuttingDown(CodyError):
 
     code = "SHUTTING_DOWN"
     status = 503
+    kind = ErrorKind.INFRASTRUCTURE
     retry_after_s = 5
+
+
+# ---------------------------------------------------------------------- internal and provider
 
 
 class SupervisorGaveUp(CodyError):
@@ -125,9 +227,17 @@ class EventOrderError(CodyError):
     status = 500
 
 
+class CorruptStream(CodyError):
+    """A run's stream holds an event that cannot be folded (undecodable, or before
+    ``response_start``): the run is poison. The projector skips it; nothing else stops."""
+
+    code = "CORRUPT_STREAM"
+    status = 500
+
+
 class TurnProtocolError(CodyError):
-    """The turn machine (runtime/turn_machine.py) was told something its state does not allow, e.g.
-    tool results while no tools run: a bug in its driver, like h11's LocalProtocolError."""
+    """The turn machine (runtime/turn_machine.py) was told something its state does not allow,
+    e.g. tool results while no tools run: a bug in its driver, like h11's LocalProtocolError."""
 
     code = "TURN_PROTOCOL_ERROR"
     status = 500
@@ -138,6 +248,7 @@ class ProviderError(CodyError):
 
     code = "PROVIDER_ERROR"
     status = 502
+    kind = ErrorKind.PROVIDER
 
     def __init__(self, message: str, *, code: str | None = None,
                  details: dict[str, Any] | None = None, retryable: bool = False,
@@ -152,26 +263,43 @@ class ToolError(CodyError):
     status = 500
 
 
-#: Canonical error codes that the runtime itself puts into events.
-STREAM_SEQUENCE_ERROR = "STREAM_SEQUENCE_ERROR"
-RUN_FAILED = "RUN_FAILED"
-MALFORMED_CHUNK = "MALFORMED_CHUNK"
-SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
-STREAM_TRUNCATED = "STREAM_TRUNCATED"
-RUN_ORPHANED = "RUN_ORPHANED"
+# ---------------------------------------------------------------------- codes in events
+
+STREAM_SEQUENCE_ERROR = _code("STREAM_SEQUENCE_ERROR", ErrorKind.INTERNAL)
+"""The reducer met an event that breaks the stream's rules (a second start, a delta for an
+item that is not open): the Response ends ``error``."""
+RUN_FAILED = _code("RUN_FAILED", ErrorKind.INTERNAL)
+"""A run actor failed with an unexpected exception (its class is in the details)."""
+RUN_ORPHANED = _code("RUN_ORPHANED", ErrorKind.INFRASTRUCTURE)
 """A run whose actor is gone (its node died, or it gave up on a Redis outage)."""
-REDIS_ERROR = "REDIS_ERROR"
+REDIS_ERROR = _code("REDIS_ERROR", ErrorKind.INTERNAL)
 """A Redis error that is a bug (wrong type, syntax), not an outage: never retried."""
+MALFORMED_CHUNK = _code("MALFORMED_CHUNK", ErrorKind.PROVIDER)
+"""A provider's SSE data is not JSON."""
+SCHEMA_VIOLATION = _code("SCHEMA_VIOLATION", ErrorKind.PROVIDER)
+"""A provider's event is JSON but not the shape its API documents."""
+STREAM_TRUNCATED = _code("STREAM_TRUNCATED", ErrorKind.PROVIDER)
+"""A provider's body ended before its final event."""
+PROVIDER_UNREACHABLE = _code("PROVIDER_UNREACHABLE", ErrorKind.PROVIDER)
+"""The provider could not be connected to, after the retries."""
+PROVIDER_CONNECTION_LOST = _code("PROVIDER_CONNECTION_LOST", ErrorKind.PROVIDER)
+"""The provider's connection dropped mid-stream."""
+PROVIDER_IDLE_TIMEOUT = _code("PROVIDER_IDLE_TIMEOUT", ErrorKind.PROVIDER)
+"""The provider sent nothing for ``provider_idle_timeout_s``."""
+REPLAY_NO_FIXTURE = _code("REPLAY_NO_FIXTURE", ErrorKind.PROVIDER)
+"""Replay mode has no recording for this provider and model."""
+REPLAY_EXHAUSTED = _code("REPLAY_EXHAUSTED", ErrorKind.PROVIDER)
+"""The turn made more model requests than its recording holds."""
+PROVIDER_AUTH = _code("PROVIDER_AUTH", ErrorKind.PROVIDER)
+"""The provider refused the key (HTTP 401/403); the message names the key's variable.
+(This and the next two are the provider failures a user can act on;
+actors/providers/provider_errors.py classifies them.)"""
+MODEL_NOT_FOUND = _code("MODEL_NOT_FOUND", ErrorKind.PROVIDER)
+"""The provider does not serve the model named on the wire."""
+CONTEXT_TOO_LONG = _code("CONTEXT_TOO_LONG", ErrorKind.PROVIDER)
+"""The conversation does not fit the model's context window."""
 
 
 def is_infrastructure(exc: BaseException) -> bool:
     """Whether ``exc`` means "a dependency is down" (retry later) rather than a bug."""
     return isinstance(exc, CodyError) and exc.infrastructure
-
-#: Provider failures a user can act on (actors/providers/provider_errors.py classifies them).
-PROVIDER_AUTH = "PROVIDER_AUTH"
-"""The provider refused the key (HTTP 401/403); the message names the key's variable."""
-MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
-"""The provider does not serve the model named on the wire."""
-CONTEXT_TOO_LONG = "CONTEXT_TOO_LONG"
-"""The conversation does not fit the model's context window."""

@@ -1,9 +1,31 @@
-"""The Redis event log (SPEC §5): run streams, run metadata, the persistence queue.
+"""The Redis event log (SPEC §5, §13): run streams, run metadata, the persistence queue.
 
 Two coredis clients, both ``decode_responses=False``: a *writer* for short commands and a
 *reader* for blocking reads. A blocking ``XREAD``/``XREADGROUP`` holds a pool connection for
 as long as it blocks, so blocking reads get their own sized pool and are always finite
 (clamped to :attr:`EventLog.max_block_ms`; callers loop) - never ``BLOCK 0``.
+
+The same code runs on one Redis (``redis://``, ``unix://``) and on a Redis Cluster
+(``redis+cluster://host:port,...``, :func:`open_redis`). What differs on a cluster, and how:
+
+- A pipeline spans nodes, and coredis sends it node by node, so a run's checkpoint (on its
+  persist shard, another slot) could reach Redis before the run's events. On a cluster,
+  :meth:`EventLog.append_many` therefore writes every event first and the checkpoints in a
+  second pipeline once the events are acknowledged; on one Redis it stays one pipeline (its
+  commands run in order).
+- A multi-key read must stay within one slot, and the persist shards are in different slots.
+  On one Redis a single blocking ``XREADGROUP`` covers every shard. On a cluster a read is a
+  non-blocking round over all shards in one pipeline (coredis groups it by node), repeated
+  every ``cluster_poll_ms`` (default 50) until one finds checkpoints: no connection held per
+  shard, and a checkpoint waits at most ``cluster_poll_ms`` plus a round (persistence is off
+  the live path: the run's actor serves the run while it runs). Why not one blocking read on
+  one shard between rounds: Redis times blocked clients out at its ``hz`` tick, so a
+  ``BLOCK 100`` on an idle node returns after 100-200 ms (measured), which doubled the wait.
+  :meth:`EventLog.tail_many` (many run streams at once, for a node's multiplexed tail) reads
+  the same way; a live SSE tail on a cluster needs a wake-up that polling cannot give (a
+  sharded pub/sub doorbell per run slot, for the multiplexed tail to come).
+- Everything that must be atomic is on one run's keys, which share the ``{run_id}`` hash tag:
+  the janitor's orphan ending is one Lua script (:meth:`EventLog.end_orphan`).
 
 Run streams are never trimmed (no MAXLEN: a long run must replay whole); a terminal, persisted
 run gets a retention TTL instead. Every method translates Redis errors at the boundary, so
@@ -15,37 +37,89 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import coredis
+import trio
+from coredis.connection import TCPLocation
 from coredis.exceptions import StreamDuplicateConsumerGroupError
 from coredis.response.types import StreamEntry
 from coredis.tokens import PureToken
 
 from runtime.keys import Keys
-from runtime.redis_errors import map_redis_errors
+from runtime.redis_errors import map_redis_errors, translate
 from runtime.schema import TERMINAL_STATUSES
 
 log = logging.getLogger(__name__)
 
-Client = coredis.Redis[bytes]
+Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
 Entry = tuple[str, bytes]
 """A run stream entry: (entry id, encoded StreamEvent)."""
 
 EVENT_FIELD = b"event"
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SINGLE_SCHEMES = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """One persistence work item: persist run ``run_id`` up to at least ``seq``."""
+    """One persistence work item: persist run ``run_id`` up to at least ``seq``.
+
+    ``entry_id`` is unique within its persist shard only; acking needs both."""
 
     entry_id: str
     run_id: str
     seq: int
+    shard: int = 0
+
+
+OrphanOutcome = Literal["appended", "ended", "moved", "gone", "owner"]
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanEnding:
+    """What :meth:`EventLog.end_orphan` did.
+
+    ``appended``: this call wrote the ending (``entry_id`` is its id). ``ended``: the run's
+    metadata already says it ended. ``moved``: the stream has a newer entry than the one the
+    caller decided on (``entry_id``: that newer one), so decide again. ``gone``: no stream.
+    ``owner``: the run is registered to another node than the caller named.
+    """
+
+    outcome: OrphanOutcome
+    entry_id: str | None = None
+
+
+# The janitor's check-and-append, atomic on one run's keys (one slot: they share {run_id}).
+# KEYS: events stream, meta hash. ARGV: the last entry id the caller decided on, the encoded
+# response_error event, the node the run should belong to, the node ending it, then every
+# terminal status.
+END_ORPHAN_LUA = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then return {'gone', ''} end
+if last[1][1] ~= ARGV[1] then return {'moved', last[1][1]} end
+local meta = redis.call('HMGET', KEYS[2], 'status', 'node')
+for i = 5, #ARGV do
+  if meta[1] == ARGV[i] then return {'ended', last[1][1]} end
+end
+if meta[2] and meta[2] ~= ARGV[3] then return {'owner', meta[2]} end
+local id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[2])
+redis.call('HSET', KEYS[2], 'status', 'error', 'ended_by', ARGV[4])
+return {'appended', id}
+"""
+
+# Delete a stream only if its last entry is still the one the caller has seen (nothing was
+# added since): the end of a migration out of a legacy key.
+DELETE_IF_LAST_LUA = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 or last[1][1] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return -1
+"""
 
 
 def _s(value: bytes | str) -> str:
@@ -62,27 +136,85 @@ def entry_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterURL:
+    """``redis+cluster://[user:password@]host:port,host:port,...[?skip_full_coverage_check=1]``
+    parsed: the seed nodes (any reachable one is enough; coredis discovers the rest)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+    skip_full_coverage_check: bool = False
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a cluster URL: {url!r}")
+    netloc = parts.netloc
+    username = password = None
+    if "@" in netloc:
+        auth, _, netloc = netloc.rpartition("@")
+        user, sep, secret = auth.partition(":")
+        username, password = (unquote(user) or None), (unquote(secret) if sep else None)
+    nodes: list[tuple[str, int]] = []
+    for seed in netloc.split(","):
+        host, sep, port = seed.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"bad seed node {seed!r} in {url!r}: write host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    if parts.path not in ("", "/"):
+        raise ValueError(f"a cluster has no databases: drop {parts.path!r} from {url!r}")
+    query = parse_qs(parts.query)
+    skip = query.get("skip_full_coverage_check", ["0"])[-1].lower() in ("1", "true", "yes")
+    return ClusterURL(tuple(nodes), username, password, parts.scheme == "rediss+cluster", skip)
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
 @asynccontextmanager
 async def open_redis(url: str, max_connections: int, *, connect_timeout_s: float = 5.0,
                      stream_timeout_s: float | None = 30.0,
                      pool_timeout_s: float | None = 30.0) -> AsyncIterator[Client]:
-    """A coredis client for ``redis://host:port/db`` or ``unix:///path/to/redis.sock``
-    (``?db=N`` and ``user:password@`` work in both, as coredis parses them).
+    """A coredis client for ``redis://host:port/db``, ``unix:///path/to/redis.sock`` (``?db=N``
+    and ``user:password@`` work in both, as coredis parses them) or a Redis Cluster,
+    ``redis+cluster://host:port,host:port,...`` (seed nodes; ``rediss+cluster://`` for TLS).
+
+    On a cluster ``max_connections`` is per node (a run's blocking reads all land on the node
+    of its slot), and some seed node must answer when the client opens (coredis reads the
+    cluster's layout then; :class:`~runtime.errors.RedisUnavailable` if none does); later
+    outages, failovers and moved slots are followed as they come.
 
     Timeouts keep a dead or stalled server from hanging anyone: ``stream_timeout_s`` must stay
     above the longest blocking read (:attr:`EventLog.max_block_ms`). coredis runs its
-    connections in a task group that wraps whatever the body raises in an exception group;
-    a single error is unwrapped again here, so callers see the error they raised.
+    connections in a task group that wraps whatever the body raises in an exception group; a
+    single error is unwrapped again here, so callers see the error they raised.
     """
-    options: dict[str, Any] = dict(decode_responses=False, max_connections=max_connections,
-                                   connect_timeout=connect_timeout_s,
-                                   stream_timeout=stream_timeout_s,
-                                   pool_timeout=pool_timeout_s)
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unsupported Redis URL {url!r}: use redis://host:port/db "
-                         f"or unix:///path/to/redis.sock")
-    with map_redis_errors():
-        client: Client = coredis.Redis.from_url(url, **options)
+    scheme = urlsplit(url).scheme
+    client: Client
+    if scheme in CLUSTER_SCHEMES:
+        spec = parse_cluster_url(url)
+        with map_redis_errors():
+            client = coredis.RedisCluster(
+                startup_nodes=[TCPLocation(h, p) for h, p in spec.nodes],
+                username=spec.username, password=spec.password, ssl=spec.ssl,
+                skip_full_coverage_check=spec.skip_full_coverage_check,
+                decode_responses=False, max_connections=max_connections,
+                max_connections_per_node=True, connect_timeout=connect_timeout_s,
+                stream_timeout=stream_timeout_s, pool_timeout=pool_timeout_s)
+    elif scheme in SINGLE_SCHEMES:
+        options: dict[str, Any] = dict(decode_responses=False, max_connections=max_connections,
+                                       connect_timeout=connect_timeout_s,
+                                       stream_timeout=stream_timeout_s,
+                                       pool_timeout=pool_timeout_s)
+        with map_redis_errors():
+            client = coredis.Redis.from_url(url, **options)
+    else:
+        raise ValueError(f"unsupported Redis URL {url!r}: use redis://host:port/db, "
+                         f"unix:///path/to/redis.sock or redis+cluster://host:port,host:port")
     raised: BaseException | None = None
     try:
         async with client:
@@ -95,18 +227,35 @@ async def open_redis(url: str, max_connections: int, *, connect_timeout_s: float
         if raised is not None and len(group.exceptions) == 1 \
                 and group.exceptions[0] is raised:
             raise raised from raised.__cause__
+        if raised is None and (ours := translate(group)) is not None:
+            raise ours from group
         raise
+    except Exception as exc:
+        # a cluster client discovers the cluster's layout as it opens: none reachable
+        if raised is None and (ours := translate(exc)) is not None:
+            raise ours from exc
+        raise
+
+
+def _fields(entry: StreamEntry) -> dict[str, str]:
+    return {_s(k): _s(v) for k, v in entry.field_values.items()}
 
 
 class EventLog:
     """The only gateway to Redis: every key comes from :class:`~runtime.keys.Keys`."""
 
     def __init__(self, writer: Client, reader: Client, keys: Keys, *,
-                 max_block_ms: int = 5000) -> None:
+                 max_block_ms: int = 5000, cluster_poll_ms: int = 50) -> None:
         self._w = writer
         self._r = reader
         self.keys = keys
         self.max_block_ms = max_block_ms
+        self.cluster = isinstance(writer, coredis.RedisCluster)
+        """Whether this is a Redis Cluster (reads and appends take the cluster paths)."""
+        self.cluster_poll_ms = cluster_poll_ms
+        self._shard_of_key = {key: i for i, key in enumerate(keys.persist_streams)}
+        self._end_orphan = writer.register_script(END_ORPHAN_LUA)
+        self._delete_if_last = writer.register_script(DELETE_IF_LAST_LUA)
 
     def _block(self, block_ms: int) -> int | None:
         """A finite BLOCK argument: ``None`` (do not block) for 0, never Redis's "forever"."""
@@ -116,55 +265,97 @@ class EventLog:
         with map_redis_errors():
             await self._w.ping()
 
+    # ------------------------------------------------------------------ reading many streams
+
+    async def _read_streams(self, streams: Mapping[str, str], count: int, block_ms: int,
+                            group: tuple[str, str] | None = None
+                            ) -> dict[str, tuple[StreamEntry, ...]]:
+        """``XREAD`` (or, with ``group=(group, consumer)``, ``XREADGROUP``) over several
+        streams, blocking up to ``block_ms`` (clamped) until one of them has entries.
+
+        One Redis: a single command. A cluster: rounds of non-blocking reads in one pipeline,
+        ``cluster_poll_ms`` apart, until one finds entries or the time is up.
+        """
+        if not streams:
+            return {}
+        block = self._block(block_ms)
+        if not self.cluster or len(streams) == 1:
+            with map_redis_errors():
+                got = await self._xread(self._r, streams, count, block, group)
+            return dict(got or {})
+        deadline = trio.current_time() + (block or 0) / 1000
+        while True:
+            found = await self._read_round(streams, count, group)
+            remaining = deadline - trio.current_time()
+            if found or remaining <= 0:
+                return found
+            await trio.sleep(min(remaining, self.cluster_poll_ms / 1000))
+
+    async def _read_round(self, streams: Mapping[str, str], count: int,
+                          group: tuple[str, str] | None) -> dict[str, tuple[StreamEntry, ...]]:
+        """One non-blocking read of every stream, pipelined (a cluster groups it by node)."""
+        found: dict[str, tuple[StreamEntry, ...]] = {}
+        with map_redis_errors():
+            async with self._w.pipeline(transaction=False) as pipe:
+                pending = [self._xread(pipe, {key: cursor}, count, None, group)
+                           for key, cursor in streams.items()]
+            for request in pending:
+                got = await request
+                if got:
+                    found.update(got)
+        return found
+
+    @staticmethod
+    def _xread(client: Any, streams: Mapping[str, str], count: int, block: int | None,
+               group: tuple[str, str] | None) -> Any:
+        if group is None:
+            return client.xread(dict(streams), count=count, block=block)
+        return client.xreadgroup(group[0], group[1], dict(streams), count=count, block=block)
+
     # ------------------------------------------------------------------ run streams
 
     async def append(self, run_id: str, events: Sequence[bytes],
                      checkpoint_seq: int | None = None) -> list[str]:
-        """Append encoded events to the run's stream, in order, in one round trip.
+        """Append encoded events to the run's stream, in order.
 
-        With ``checkpoint_seq``, a ``{run_id, seq}`` checkpoint is added to the persist stream
-        in the same pipeline, after the events, so the projector never sees a checkpoint
-        ahead of the events it names. Returns the entry ids of ``events``.
+        With ``checkpoint_seq``, a ``{run_id, seq}`` checkpoint goes to the run's persist shard
+        after the events, so the projector never sees a checkpoint ahead of the events it
+        names. Returns the entry ids of ``events``.
         """
         if not events and checkpoint_seq is None:
             return []
-        key = self.keys.run_events(run_id)
-        with map_redis_errors():
-            async with self._w.pipeline(transaction=False) as pipe:
-                pending = [pipe.xadd(key, {EVENT_FIELD: data}) for data in events]
-                if checkpoint_seq is not None:
-                    pipe.xadd(self.keys.persist_stream,
-                              {b"run_id": run_id, b"seq": str(checkpoint_seq)})
-            ids: list[str] = []
-            for request in pending:
-                entry_id = await request
-                if entry_id is None:  # only with NOMKSTREAM, which we never send
-                    raise AssertionError("XADD returned no id")
-                ids.append(_s(entry_id))
-        return ids
+        return (await self.append_many([(run_id, events, checkpoint_seq)]))[0]
 
     async def append_many(self, batches: Sequence[tuple[str, Sequence[bytes], int | None]]
                           ) -> list[list[str]]:
-        """Several runs' appends (each as :meth:`append`) in one pipelined round trip."""
-        persist = self.keys.persist_stream
+        """Several runs' appends (each as :meth:`append`) in one pipelined round trip (two on
+        a cluster when there are checkpoints: events first, then checkpoints)."""
         with map_redis_errors():
             async with self._w.pipeline(transaction=False) as pipe:
                 pending = []
                 for run_id, events, checkpoint_seq in batches:
                     key = self.keys.run_events(run_id)
                     pending.append([pipe.xadd(key, {EVENT_FIELD: data}) for data in events])
-                    if checkpoint_seq is not None:
-                        pipe.xadd(persist, {b"run_id": run_id, b"seq": str(checkpoint_seq)})
+                    if checkpoint_seq is not None and not self.cluster:
+                        self._checkpoint(pipe, run_id, checkpoint_seq)
+            if self.cluster and any(seq is not None for _, _, seq in batches):
+                async with self._w.pipeline(transaction=False) as pipe:
+                    for run_id, _, checkpoint_seq in batches:
+                        if checkpoint_seq is not None:
+                            self._checkpoint(pipe, run_id, checkpoint_seq)
             out: list[list[str]] = []
             for requests in pending:
                 ids: list[str] = []
                 for request in requests:
                     entry_id = await request
-                    if entry_id is None:
+                    if entry_id is None:  # only with NOMKSTREAM, which we never send
                         raise AssertionError("XADD returned no id")
                     ids.append(_s(entry_id))
                 out.append(ids)
         return out
+
+    def _checkpoint(self, pipe: Any, run_id: str, seq: int) -> None:
+        pipe.xadd(self.keys.persist_stream_for(run_id), {b"run_id": run_id, b"seq": str(seq)})
 
     async def read_after(self, run_id: str, cursor: str, count: int) -> list[Entry]:
         """Up to ``count`` entries strictly after ``cursor`` (``"0-0"``: from the start)."""
@@ -185,14 +376,20 @@ class EventLog:
     async def tail(self, run_id: str, cursor: str, block_ms: int, count: int) -> list[Entry]:
         """One finite blocking read (on the reader client) of entries after ``cursor``;
         ``[]`` when nothing arrived within ``block_ms`` (clamped to ``max_block_ms``)."""
-        key = self.keys.run_events(run_id)
-        with map_redis_errors():
-            got = await self._r.xread({key: cursor or "0-0"}, count=count,
-                                      block=self._block(block_ms))
-        if not got:
-            return []
-        return [(_s(e.identifier), _b(e.field_values[EVENT_FIELD]))
-                for entries in got.values() for e in entries]
+        got = await self.tail_many({run_id: cursor}, block_ms, count)
+        return got.get(run_id, [])
+
+    async def tail_many(self, cursors: Mapping[str, str], block_ms: int,
+                        count: int) -> dict[str, list[Entry]]:
+        """One finite blocking read over several runs' streams (run id -> cursor): the runs
+        that had entries after their cursor, with those entries. One ``XREAD`` on one Redis;
+        on a cluster, rounds as described in the module docstring."""
+        by_key = {self.keys.run_events(run_id): run_id for run_id in cursors}
+        got = await self._read_streams(
+            {key: cursors[run_id] or "0-0" for key, run_id in by_key.items()}, count, block_ms)
+        return {by_key[_s(key)]: [(_s(e.identifier), _b(e.field_values[EVENT_FIELD]))
+                                  for e in entries]
+                for key, entries in got.items() if entries}
 
     async def last_raw(self, run_id: str) -> Entry | None:
         """The run's last entry, or ``None`` if its stream does not exist (or expired)."""
@@ -240,7 +437,7 @@ class EventLog:
             async with self._w.pipeline(transaction=False) as pipe:
                 pipe.hset(self.keys.run_meta(run_id), values)
                 if node is not None and str(fields.get("status", "")) not in TERMINAL_STATUSES:
-                    pipe.hset(self.keys.live_runs, {run_id: str(node)})
+                    pipe.hset(self.keys.live_runs_for(run_id), {run_id: str(node)})
 
     async def get_meta(self, run_id: str) -> dict[str, str]:
         with map_redis_errors():
@@ -253,23 +450,59 @@ class EventLog:
             async with self._w.pipeline(transaction=False) as pipe:
                 pipe.hset(self.keys.run_meta(run_id), {b"status": status})
                 if status in TERMINAL_STATUSES:
-                    pipe.hdel(self.keys.live_runs, [run_id])
+                    pipe.hdel(self.keys.live_runs_for(run_id), [run_id])
+
+    async def end_orphan(self, run_id: str, *, last_id: str, event: bytes, owner: str,
+                         by: str) -> OrphanEnding:
+        """Append ``event`` (the run's ``response_error`` RUN_ORPHANED) and mark the run
+        ended - only if its last entry is still ``last_id``, its metadata does not say it
+        ended, and it is registered to ``owner``. One Lua script on the run's keys, so of many
+        janitors racing over one run exactly one appends; the others learn why not."""
+        with map_redis_errors():
+            reply: Any = await self._end_orphan(
+                keys=[self.keys.run_events(run_id), self.keys.run_meta(run_id)],
+                args=[last_id, event, owner, by, *sorted(TERMINAL_STATUSES)])
+        if not isinstance(reply, list | tuple) or len(reply) != 2:
+            raise AssertionError(f"end_orphan script replied {reply!r}")
+        outcome, detail = _s(reply[0]), _s(reply[1])
+        if outcome not in ("appended", "ended", "moved", "gone", "owner"):
+            raise AssertionError(f"end_orphan script replied {reply!r}")
+        return OrphanEnding(outcome, detail or None)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ node leases, live runs
 
     async def register_live(self, run_id: str, node_id: str) -> None:
         with map_redis_errors():
-            await self._w.hset(self.keys.live_runs, {run_id: node_id})
+            await self._w.hset(self.keys.live_runs_for(run_id), {run_id: node_id})
 
     async def unregister_live(self, run_id: str) -> None:
         with map_redis_errors():
-            await self._w.hdel(self.keys.live_runs, [run_id])
+            await self._w.hdel(self.keys.live_runs_for(run_id), [run_id])
 
     async def live_runs(self) -> dict[str, str]:
-        """run id -> node id of every run registered live."""
+        """run id -> node id of every run registered live (every shard, one pipeline)."""
+        out: dict[str, str] = {}
         with map_redis_errors():
-            raw = await self._w.hgetall(self.keys.live_runs)
-        return {_s(k): _s(v) for k, v in raw.items()}
+            async with self._w.pipeline(transaction=False) as pipe:
+                pending = [pipe.hgetall(key) for key in self.keys.live_shards]
+            for request in pending:
+                out.update({_s(k): _s(v) for k, v in (await request).items()})
+        return out
+
+    async def migrate_legacy_live(self) -> int:
+        """Move the runs of the pre-sharding registry (``<prefix>:live``) into their shards,
+        so an upgrade loses none; returns how many moved (0 once done: one HGETALL)."""
+        legacy = self.keys.legacy_live_runs
+        with map_redis_errors():
+            raw = await self._w.hgetall(legacy)
+            if not raw:
+                return 0
+            async with self._w.pipeline(transaction=False) as pipe:
+                for run_id, node in raw.items():
+                    pipe.hset(self.keys.live_runs_for(_s(run_id)), {run_id: node})
+            await self._w.hdel(legacy, list(raw))
+        log.info("moved %d live runs from %s into %d shards", len(raw), legacy, self.keys.shards)
+        return len(raw)
 
     async def refresh_lease(self, node_id: str, ttl_s: int) -> None:
         with map_redis_errors():
@@ -282,106 +515,140 @@ class EventLog:
     # ------------------------------------------------------------------ persistence queue
 
     async def ensure_group(self) -> None:
-        """``XGROUP CREATE persist cody-projector 0 MKSTREAM``; an existing group is fine."""
-        # BUSYGROUP: created at an earlier start or by another node
-        with map_redis_errors(), suppress(StreamDuplicateConsumerGroupError):
-            await self._w.xgroup_create(self.keys.persist_stream, self.keys.projector_group,
-                                        "0", mkstream=True)
+        """``XGROUP CREATE <shard> cody-projector 0 MKSTREAM`` on every persist shard (an
+        existing group is fine), then move any pre-sharding queue into the shards."""
+        for stream in self.keys.persist_streams:
+            # BUSYGROUP: created at an earlier start or by another node
+            with map_redis_errors(), suppress(StreamDuplicateConsumerGroupError):
+                await self._w.xgroup_create(stream, self.keys.projector_group, "0",
+                                            mkstream=True)
+        await self.migrate_legacy_persist()
 
-    async def read_group(self, consumer: str, count: int,
-                         block_ms: int) -> list[tuple[str, dict[str, str]]]:
-        """New persist entries for ``consumer`` (one finite blocking read on the reader)."""
-        with map_redis_errors():
-            got = await self._r.xreadgroup(self.keys.projector_group, consumer,
-                                           {self.keys.persist_stream: ">"}, count=count,
-                                           block=self._block(block_ms))
-        if not got:
-            return []
-        return [(_s(e.identifier), {_s(k): _s(v) for k, v in e.field_values.items()})
-                for entries in got.values() for e in entries]
+    async def migrate_legacy_persist(self, *, page: int = 500) -> int:
+        """Copy every checkpoint of the pre-sharding queue (``<prefix>:persist``) into its
+        run's shard and delete the old stream; returns how many were copied.
 
-    async def autoclaim(self, consumer: str, min_idle_ms: int,
-                        count: int) -> list[tuple[str, dict[str, str]]]:
-        """Take over up to ``count`` entries pending longer than ``min_idle_ms`` (XAUTOCLAIM):
-        what a crashed projector had read but not acked."""
-        out: list[tuple[str, dict[str, str]]] = []
-        start: bytes | str = "0-0"
+        Every entry is copied, read or not, acked or not: a checkpoint persisted twice changes
+        nothing (the store keeps the highest seq), one left behind would be lost. The old
+        stream is deleted only if nothing was added to it meanwhile; otherwise the copy goes
+        on from there. Safe when several nodes do it at once (at worst, duplicates)."""
+        legacy = self.keys.legacy_persist_stream
+        copied = 0
         with map_redis_errors():
-            for _ in range(16):  # bounded: each call scans at most count * 10 PEL entries
-                reply = await self._w.xautoclaim(self.keys.persist_stream,
-                                                 self.keys.projector_group, consumer,
-                                                 min_idle_ms, start, count=count - len(out))
-                start, entries = reply[0], reply[1]
-                for e in entries:
-                    if isinstance(e, StreamEntry):  # Redis 6.2 gives nil for deleted ones
-                        out.append((_s(e.identifier),
-                                    {_s(k): _s(v) for k, v in e.field_values.items()}))
-                if _s(start) == "0-0" or len(out) >= count:
+            if (await self._w.type(legacy) or b"none") != b"stream":
+                return 0
+            cursor = "-"
+            for _ in range(10_000):
+                entries = await self._w.xrange(legacy, cursor, "+", count=page)
+                if entries:
+                    async with self._w.pipeline(transaction=False) as pipe:
+                        for e in entries:
+                            fields = _fields(e)
+                            if "run_id" in fields and fields.get("seq", "").isdigit():
+                                self._checkpoint(pipe, fields["run_id"], int(fields["seq"]))
+                                copied += 1
+                    cursor = f"({_s(entries[-1].identifier)}"
+                    continue
+                last = cursor[1:] if cursor != "-" else "0-0"
+                if await self._delete_if_last(keys=[legacy], args=[last]) != -1:
                     break
-        return out
-
-    async def ack(self, entry_ids: Sequence[str]) -> None:
-        """XACK: these checkpoints are done (persisted, or dropped as malformed)."""
-        if not entry_ids:
-            return
-        with map_redis_errors():
-            await self._w.xack(self.keys.persist_stream, self.keys.projector_group, entry_ids)
-
-    def _checkpoints(self, entries: list[tuple[str, dict[str, str]]]
-                     ) -> tuple[list[Checkpoint], list[str]]:
-        good: list[Checkpoint] = []
-        bad: list[str] = []
-        for entry_id, fields in entries:
-            try:
-                good.append(Checkpoint(entry_id, fields["run_id"], int(fields["seq"])))
-            except (KeyError, ValueError):
-                log.warning("persist queue: dropping malformed entry %s %r", entry_id, fields)
-                bad.append(entry_id)
-        return good, bad
+        if copied:
+            log.info("moved %d checkpoints from %s into %d shards", copied, legacy,
+                     self.keys.shards)
+        return copied
 
     async def read_checkpoints(self, consumer: str, count: int,
                                block_ms: int) -> list[Checkpoint]:
-        """:meth:`read_group` as checkpoints; malformed entries are acked and dropped, so
-        they are not taken over again and again."""
-        good, bad = self._checkpoints(await self.read_group(consumer, count, block_ms))
-        await self.ack(bad)
-        return good
+        """New checkpoints for ``consumer`` from every shard (one finite blocking read, see
+        the module docstring); malformed entries are acked and dropped, so they are not taken
+        over again and again. ``count`` bounds each shard's share."""
+        group = self.keys.projector_group
+        got = await self._read_streams({key: ">" for key in self.keys.persist_streams},
+                                       count, block_ms, (group, consumer))
+        return await self._checkpoints(
+            (self._shard_of_key[_s(key)], entry) for key, entries in got.items()
+            for entry in entries)
 
     async def claim_checkpoints(self, consumer: str, min_idle_ms: int,
                                 count: int) -> list[Checkpoint]:
-        good, bad = self._checkpoints(await self.autoclaim(consumer, min_idle_ms, count))
+        """Take over up to ``count`` checkpoints pending longer than ``min_idle_ms``
+        (XAUTOCLAIM, shard by shard): what a crashed projector had read but not acked."""
+        found: list[tuple[int, StreamEntry]] = []
+        group = self.keys.projector_group
+        with map_redis_errors():
+            for shard, stream in enumerate(self.keys.persist_streams):
+                start: bytes | str = "0-0"
+                for _ in range(16):  # bounded: each call scans at most count * 10 PEL entries
+                    reply: Any = await self._w.xautoclaim(stream, group, consumer, min_idle_ms,
+                                                     start, count=count - len(found))
+                    start, entries = reply[0], reply[1]
+                    # Redis 6.2 gives nil for deleted entries
+                    found += [(shard, e) for e in entries if isinstance(e, StreamEntry)]
+                    if _s(start) == "0-0" or len(found) >= count:
+                        break
+                if len(found) >= count:
+                    break
+        return await self._checkpoints(found)
+
+    async def _checkpoints(self, entries: Iterable[tuple[int, StreamEntry]]
+                           ) -> list[Checkpoint]:
+        good: list[Checkpoint] = []
+        bad: list[Checkpoint] = []
+        for shard, entry in entries:
+            fields = _fields(entry)
+            entry_id = _s(entry.identifier)
+            try:
+                good.append(Checkpoint(entry_id, fields["run_id"], int(fields["seq"]), shard))
+            except (KeyError, ValueError):
+                log.warning("persist queue: dropping malformed entry %s %r", entry_id, fields)
+                bad.append(Checkpoint(entry_id, "", 0, shard))
         await self.ack(bad)
         return good
 
-    async def pending_count(self) -> int:
-        """Entries read by some projector and not acked yet."""
+    async def ack(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """XACK: these checkpoints are done (persisted, or dropped as malformed)."""
+        if not checkpoints:
+            return
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for c in checkpoints:
+            by_shard[c.shard].append(c.entry_id)
         with map_redis_errors():
-            summary = await self._w.xpending(self.keys.persist_stream,
-                                             self.keys.projector_group)
-        return int(getattr(summary, "pending", 0))
+            async with self._w.pipeline(transaction=False) as pipe:
+                for shard, ids in by_shard.items():
+                    pipe.xack(self.keys.persist_shard(shard), self.keys.projector_group, ids)
+
+    async def pending_count(self) -> int:
+        """Checkpoints read by some projector and not acked yet, over every shard."""
+        group = self.keys.projector_group
+        with map_redis_errors():
+            async with self._w.pipeline(transaction=False) as pipe:
+                pending = [pipe.xpending(stream, group) for stream in self.keys.persist_streams]
+            return sum([int(getattr(await r, "pending", 0)) for r in pending])
 
     async def trim_persist(self) -> int:
         """Drop persist entries that every projector has read and acked; returns how many.
 
-        The persist stream is a queue, not a log: without this it grows by a few entries per
-        run forever. Only entries below both the oldest pending entry and the group's
-        last-delivered id go, so no checkpoint is lost (trimming is by millisecond, so a few
-        done entries may stay until the next call).
+        The persist shards are queues, not logs: without this they grow by a few entries per
+        run forever. In each shard only entries below both the oldest pending entry and the
+        group's last-delivered id go, so no checkpoint is lost (trimming is by millisecond, so
+        a few done entries may stay until the next call).
         """
-        stream, group = self.keys.persist_stream, self.keys.projector_group
+        group = self.keys.projector_group
+        trimmed = 0
         with map_redis_errors():
-            summary = await self._w.xpending(stream, group)
-            groups = await self._w.xinfo_groups(stream)
-            floor: tuple[int, int] | None = None
-            for info in groups:
-                delivered = info.get(b"last-delivered-id")
-                if info.get(b"name") == group.encode() and isinstance(delivered, bytes):
-                    floor = entry_key(delivered.decode())
-            if floor is None:
-                return 0
-            oldest = getattr(summary, "minimum_identifier", None)
-            if isinstance(oldest, bytes | str):
-                floor = min(floor, entry_key(_s(oldest)))
-            if floor[0] == 0:
-                return 0
-            return await self._w.xtrim(stream, PureToken.MINID, floor[0])
+            for stream in self.keys.persist_streams:
+                summary = await self._w.xpending(stream, group)
+                floor: tuple[int, int] | None = None
+                for info in await self._w.xinfo_groups(stream):
+                    delivered = info.get(b"last-delivered-id")
+                    if info.get(b"name") == group.encode() and isinstance(delivered, bytes):
+                        floor = entry_key(delivered.decode())
+                if floor is None:
+                    continue
+                oldest = getattr(summary, "minimum_identifier", None)
+                if isinstance(oldest, bytes | str):
+                    floor = min(floor, entry_key(_s(oldest)))
+                if floor[0] == 0:
+                    continue
+                trimmed += await self._w.xtrim(stream, PureToken.MINID, floor[0])
+        return trimmed

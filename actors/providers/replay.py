@@ -18,7 +18,7 @@ import trio
 
 from actors.providers.fixtures import FixtureLibrary
 from actors.providers.provider import ProviderCall
-from runtime.errors import ProviderError
+from runtime.errors import REPLAY_EXHAUSTED, REPLAY_NO_FIXTURE, ProviderError
 
 
 def split_blocks(body: bytes) -> list[bytes]:
@@ -74,11 +74,11 @@ class ReplayProvider:
         if fixture is None:
             raise ProviderError(
                 f"no recorded stream for provider {call.provider_id!r} model {call.model_id!r}",
-                code="REPLAY_NO_FIXTURE", details={"provider": call.provider_id})
+                code=REPLAY_NO_FIXTURE, details={"provider": call.provider_id})
         if call.exchange >= len(fixture.exchanges):
             raise ProviderError(
                 f"recording {fixture.name!r} has no model request #{call.exchange + 1}",
-                code="REPLAY_EXHAUSTED", details={"provider": call.provider_id})
+                code=REPLAY_EXHAUSTED, details={"provider": call.provider_id})
         await trio.to_thread.run_sync(self._record, call)
         blocks = split_blocks(fixture.exchanges[call.exchange].stream)
         if not self.delay_s:

@@ -46,6 +46,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
             "CODY_REDIS_URL": "redis://127.0.0.1:6379/0",
             "CODY_KEY_PREFIX": f"e2e-{uuid.uuid4().hex[:12]}",
             "CODY_REPLAY": "1",
+            "CODY_REPLAY_RECORD_REQUESTS": "1",  # tests/e2e/client.py's sent_requests reads it
             "CODY_EXEC": "1",
             "CODY_WORKSPACE": str(WORKSPACE),
             "CODY_TOOL_TIMEOUT_S": "1",

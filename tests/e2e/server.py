@@ -30,6 +30,9 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    argv: list[str] = field(default_factory=lambda: [sys.executable, "-m", "api.cli", "serve"])
+    """The command (default: this checkout's ``cody serve``, run as a module)."""
+    cwd: Path = ROOT
 
     @property
     def base_url(self) -> str:
@@ -39,8 +42,8 @@ class ServerProcess:
         self.log_path = self.data_dir / "server.log"
         env = {**self.env, "CODY_PORT": str(self.port), "CODY_DATA_DIR": str(self.data_dir)}
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], cwd=ROOT,
-                                     env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,4 +1,5 @@
-"""The Redis event log against real Redis: TCP on 127.0.0.1:6379 and the embedded server."""
+"""The Redis event log against real Redis: TCP on 127.0.0.1:6379, the embedded server and a
+3-master Redis Cluster (the ``redis_url`` fixture)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import trio
 
 from runtime.errors import RedisUnavailable
-from runtime.eventlog import Checkpoint, EventLog, open_redis
+from runtime.eventlog import Checkpoint, EventLog, OrphanEnding, open_redis
 from runtime.keys import Keys
 
 
@@ -34,9 +35,19 @@ def test_keys_layout() -> None:
     keys = Keys("cody")
     assert keys.run_events("r1") == "cody:run:{r1}:events"
     assert keys.run_meta("r1") == "cody:run:{r1}:meta"
-    assert keys.persist_stream == "cody:persist"
     assert keys.projector_group == "cody-projector"
     assert Keys("x").run_keys("r") == ("x:run:{r}:events", "x:run:{r}:meta")
+    assert keys.persist_streams == tuple(f"cody:persist:{{{i}}}" for i in range(16))
+    assert Keys("x", 4).live_shards == ("x:live:{0}", "x:live:{1}", "x:live:{2}", "x:live:{3}")
+    assert keys.node_lease("n1") == "cody:node:{n1}:lease"
+    assert (keys.legacy_persist_stream, keys.legacy_live_runs) == ("cody:persist", "cody:live")
+    # a run's shard is stable (CRC-32, not Python's salted hash) and spreads runs over all
+    assert keys.shard_of("run-1") == keys.shard_of("run-1") == 3
+    assert keys.persist_stream_for("run-1") == "cody:persist:{3}"
+    assert keys.live_runs_for("run-1") == "cody:live:{3}"
+    assert {keys.shard_of(str(uuid.uuid4())) for _ in range(500)} == set(range(16))
+    with pytest.raises(ValueError):
+        Keys("x", 0)
 
 
 async def test_append_then_read_after(redis_url: str, key_prefix: str) -> None:
@@ -106,13 +117,15 @@ async def test_tail_block_is_clamped(redis_url: str, key_prefix: str) -> None:
 
 async def test_more_blocking_readers_than_pool_connections(redis_url: str,
                                                            key_prefix: str) -> None:
-    """Blocking reads hold a connection each: extra readers queue for the pool, none fail."""
+    """Blocking reads hold a connection each: extra readers queue for the pool, none fail.
+    (One run for all, so that on a cluster they all go to one node: the pool is per node.)"""
     with trio.fail_after(15):
         async with open_log(redis_url, key_prefix, reader_pool=2) as log:
             results: list[list[tuple[str, bytes]]] = []
+            run = run_id()
 
             async def tail() -> None:
-                results.append(await log.tail(run_id(), "0-0", 200, 10))
+                results.append(await log.tail(run, "0-0", 200, 10))
 
             t0 = trio.current_time()
             async with trio.open_nursery() as nursery:
@@ -148,9 +161,9 @@ async def test_checkpoints_follow_their_events(redis_url: str, key_prefix: str) 
             assert [(c.run_id, c.seq) for c in taken] == [(run, 3), (run, 4)]
             assert len(ids) == 3 and len(more) == 1
             assert await log.pending_count() == 2
-            await log.ack([taken[0].entry_id])
+            await log.ack([taken[0]])
             assert await log.pending_count() == 1
-            await log.ack([c.entry_id for c in taken])
+            await log.ack(taken)
             await log.ack([])
             assert await log.pending_count() == 0
 
@@ -186,11 +199,11 @@ async def test_autoclaim_takes_over_from_a_dead_consumer(redis_url: str,
             assert await log.claim_checkpoints("rescuer", 300, 100) == []  # not idle yet
             await trio.sleep(0.4)
             claimed = await log.claim_checkpoints("rescuer", 300, 3)
-            assert [c.entry_id for c in claimed] == [c.entry_id for c in taken[:3]]
-            rest = await log.claim_checkpoints("rescuer", 300, 100)
-            assert [(c.run_id, c.seq) for c in rest] == [(r, i) for i, r in
-                                                         enumerate(runs, start=1)][3:]
-            await log.ack([c.entry_id for c in claimed + rest])
+            assert len(claimed) == 3 and set(claimed) <= set(taken)  # count bounds the claim
+            rest = await log.claim_checkpoints("rescuer", 300, 100)  # the others, once each
+            assert sorted((c.run_id, c.seq) for c in claimed + rest) == sorted(
+                (r, i) for i, r in enumerate(runs, start=1))
+            await log.ack(claimed + rest)
             assert await log.pending_count() == 0
             assert await log.claim_checkpoints("rescuer", 0, 100) == []
 
@@ -201,9 +214,10 @@ async def test_malformed_checkpoints_are_dropped_and_acked(redis_url: str,
         async with open_log(redis_url, key_prefix) as log, \
                 open_redis(redis_url, 2) as raw:
             await log.ensure_group()
-            await raw.xadd(log.keys.persist_stream, {"run_id": "r", "seq": "nope"})
-            await raw.xadd(log.keys.persist_stream, {"something": "else"})
             run = run_id()
+            shard = log.keys.persist_stream_for(run)
+            await raw.xadd(shard, {"run_id": "r", "seq": "nope"})
+            await raw.xadd(log.keys.persist_shard(0), {"something": "else"})
             await log.append(run, events(1), checkpoint_seq=1)
             taken = await log.read_checkpoints("c1", 10, 0)
             assert [(c.run_id, c.seq) for c in taken] == [(run, 1)]
@@ -220,10 +234,10 @@ async def test_trim_persist_keeps_unacked(redis_url: str, key_prefix: str) -> No
                 await log.append(run, events(1, start=seq), checkpoint_seq=seq)
                 await trio.sleep(0.005)  # distinct milliseconds: trimming is by ms
             first = await log.read_checkpoints("c1", 2, 0)
-            await log.ack([first[0].entry_id])
+            await log.ack([first[0]])
             await trio.sleep(0.005)
             await log.trim_persist()
-            remaining = await raw.xrange(log.keys.persist_stream, "-", "+")
+            remaining = await raw.xrange(log.keys.persist_stream_for(run), "-", "+")
             # the acked first entry may go; the pending second and the unread third stay
             ids = [str(e.identifier, "ascii") if isinstance(e.identifier, bytes)
                    else e.identifier for e in remaining]
@@ -314,3 +328,124 @@ def test_unsupported_url() -> None:
 
     with pytest.raises(ValueError, match="unsupported Redis URL"):
         trio.run(main)
+
+
+async def test_tail_many_wakes_on_any_run(redis_url: str, key_prefix: str) -> None:
+    """Many runs' streams (different slots on a cluster) in one blocking read: it returns as
+    soon as one has entries, each run with its own entries after its own cursor."""
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix, max_block_ms=3000) as log:
+            runs = [run_id() for _ in range(8)]
+            first = {run: (await log.append(run, events(2)))[0] for run in runs}
+            got = await log.tail_many(first, 0, 10)  # non-blocking: one entry after each
+            assert {run: [i for i, _ in e] for run, e in got.items()} == {
+                run: [i for i, _ in await log.read_after(run, first[run], 10)] for run in runs}
+            cursors = {run: entries[-1][0] for run, entries in got.items()}
+            assert await log.tail_many(cursors, 0, 10) == {}
+            woke: dict[str, list[tuple[str, bytes]]] = {}
+
+            async def tail() -> None:
+                woke.update(await log.tail_many(cursors, 3000, 10))
+
+            t0 = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tail)
+                await trio.sleep(0.2)
+                assert woke == {}
+                ids = await log.append(runs[5], events(1, start=3))
+            assert woke == {runs[5]: [(ids[0], events(1, start=3)[0])]}
+            assert trio.current_time() - t0 < 1.5  # woken, not timed out
+            t0 = trio.current_time()
+            assert await log.tail_many({runs[0]: cursors[runs[0]]}, 200, 10) == {}
+            assert trio.current_time() - t0 >= 0.15
+
+
+async def test_a_checkpoint_never_overtakes_its_events(redis_url: str, key_prefix: str) -> None:
+    """Batches of many runs, each with a checkpoint (another slot on a cluster): whenever a
+    reader sees a checkpoint, the events it names are already in the run's stream. (Within
+    one process the window a cross-node pipeline would leave is too short to hit; the rule
+    that closes it is in ``EventLog.append_many``.)"""
+    with trio.fail_after(20):
+        async with open_log(redis_url, key_prefix) as log:
+            await log.ensure_group()
+            runs = [run_id() for _ in range(40)]
+            seen: list[Checkpoint] = []
+
+            async def projector() -> None:
+                while len(seen) < len(runs) * 5:
+                    for c in await log.read_checkpoints("p", 100, 50):
+                        have = await log.read_after(c.run_id, "0-0", 1000)
+                        assert len(have) >= c.seq, (c, len(have))
+                        seen.append(c)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(projector)
+                for seq in range(1, 6):
+                    await log.append_many([(run, events(3, start=3 * seq - 2), 3 * seq)
+                                           for run in runs])
+            assert sorted((c.run_id, c.seq) for c in seen) == sorted(
+                (run, 3 * seq) for run in runs for seq in range(1, 6))
+            assert {c.shard for c in seen} == {log.keys.shard_of(r) for r in runs}
+
+
+async def test_legacy_single_keys_move_into_the_shards(redis_url: str, key_prefix: str) -> None:
+    """A Redis written by the pre-sharding version (one cody:persist stream with its group,
+    one cody:live hash) loses no checkpoint and no live run on upgrade."""
+    with trio.fail_after(15):
+        async with open_log(redis_url, key_prefix) as log, open_redis(redis_url, 2) as raw:
+            keys = log.keys
+            runs = [run_id() for _ in range(30)]
+            await raw.xgroup_create(keys.legacy_persist_stream, keys.projector_group, "0",
+                                    mkstream=True)
+            for i, run in enumerate(runs, start=1):
+                await raw.xadd(keys.legacy_persist_stream, {"run_id": run, "seq": str(i)})
+            await raw.xadd(keys.legacy_persist_stream, {"run_id": "broken"})  # dropped
+            # an old projector had read (not acked) the first ten
+            await raw.xreadgroup(keys.projector_group, "old", {keys.legacy_persist_stream: ">"},
+                                 count=10)
+            await raw.hset(keys.legacy_live_runs, {runs[0]: "n1", runs[1]: "n2"})
+
+            await log.ensure_group()  # what a projector does at start
+            assert await raw.exists([keys.legacy_persist_stream]) == 0
+            got: list[Checkpoint] = []
+            while batch := await log.read_checkpoints("new", 100, 0):
+                got += batch
+            assert sorted((c.run_id, c.seq) for c in got) == sorted(
+                (run, i) for i, run in enumerate(runs, start=1))
+            assert all(c.shard == keys.shard_of(c.run_id) for c in got)
+            await log.ensure_group()  # a second start (or a second node): nothing to move
+            assert await log.read_checkpoints("new", 100, 0) == []
+
+            assert await log.migrate_legacy_live() == 2  # what a janitor does each sweep
+            assert await log.live_runs() == {runs[0]: "n1", runs[1]: "n2"}
+            assert await raw.exists([keys.legacy_live_runs]) == 0
+            assert await log.migrate_legacy_live() == 0
+
+
+async def test_end_orphan_appends_only_on_what_was_decided(redis_url: str,
+                                                          key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            run = run_id()
+            await log.put_meta(run, {"status": "in_progress", "node": "dead"})
+            ids = await log.append(run, events(2))
+            ending = b'{"seq":3,"type":"response_error"}'
+            # decided on a stale entry: someone wrote since
+            moved = await log.end_orphan(run, last_id=ids[0], event=ending, owner="dead",
+                                         by="j1")
+            assert (moved.outcome, moved.entry_id) == ("moved", ids[1])
+            other = await log.end_orphan(run, last_id=ids[1], event=ending, owner="n2", by="j1")
+            assert (other.outcome, other.entry_id) == ("owner", "dead")
+            done = await log.end_orphan(run, last_id=ids[1], event=ending, owner="dead",
+                                        by="j1")
+            assert done.outcome == "appended" and done.entry_id is not None
+            assert await log.last_raw(run) == (done.entry_id, ending)
+            meta = await log.get_meta(run)
+            assert (meta["status"], meta["ended_by"]) == ("error", "j1")
+            again = await log.end_orphan(run, last_id=done.entry_id, event=ending,
+                                         owner="dead", by="j2")
+            assert again.outcome == "ended"
+            assert len(await log.read_all(run)) == 3
+            gone = await log.end_orphan(run_id(), last_id="1-0", event=ending, owner="dead",
+                                        by="j1")
+            assert gone == OrphanEnding("gone")

@@ -49,7 +49,7 @@ async def runtime_for(redis_url: str, key_prefix: str, data_dir: Path,
 
 
 async def read_all(rt: CodyRuntime, run_id: str, cursor: str = "0-0") -> list[LogEntry]:
-    reader = await rt.open_reader(run_id, cursor)
+    reader = await rt.reading.open_reader(run_id, cursor)
     assert reader is not None
     out: list[LogEntry] = []
     while not reader.done:
@@ -84,8 +84,8 @@ async def test_replayed_run_same_response_everywhere(redis_url: str, key_prefix:
         async with runtime_for(redis_url, key_prefix, tmp_path) as rt:
             for provider, name in [("openai", "tool_read_file"), ("anthropic", "thinking_message")]:
                 fx = LIBRARY.get(provider, name)
-                accepted = await rt.submit(turn(provider, name))
-                actor = rt.actors[accepted.run_id]
+                accepted = await rt.submission.submit(turn(provider, name))
+                actor = rt.runs.actors[accepted.run_id]
                 entries = await read_all(rt, accepted.run_id)
                 await actor.finished.wait()
                 from_stream = rebuild(events_of(entries))
@@ -105,7 +105,7 @@ async def test_hundred_concurrent_runs_stay_isolated(redis_url: str, key_prefix:
             runs: list[tuple[str, str, str]] = []
             for i in range(100):
                 provider, name = names[i % len(names)]
-                accepted = await rt.submit(turn(provider, name))
+                accepted = await rt.submission.submit(turn(provider, name))
                 runs.append((accepted.run_id, provider, name))
             results: dict[str, list[LogEntry]] = {}
 
@@ -128,7 +128,7 @@ async def test_join_mid_run_and_resume_from_any_cursor(redis_url: str, key_prefi
                                                        tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with runtime_for(redis_url, key_prefix, tmp_path, replay_delay_s=0.002) as rt:
-            accepted = await rt.submit(turn("openai", "rapid_deltas"))
+            accepted = await rt.submission.submit(turn("openai", "rapid_deltas"))
             await trio.sleep(0.3)  # the run is going
             late = await read_all(rt, accepted.run_id)
             ids = [e.entry_id for e in late]
@@ -136,17 +136,17 @@ async def test_join_mid_run_and_resume_from_any_cursor(redis_url: str, key_prefi
             for cut in [0, 1, 2, len(ids) // 3, len(ids) // 2, len(ids) - 2]:
                 resumed = await read_all(rt, accepted.run_id, ids[cut])
                 assert [e.entry_id for e in resumed] == ids[cut + 1:]
-            assert await rt.open_reader(accepted.run_id, ids[-1]) is None
+            assert await rt.reading.open_reader(accepted.run_id, ids[-1]) is None
 
 
 async def test_resume_while_live(redis_url: str, key_prefix: str, tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with runtime_for(redis_url, key_prefix, tmp_path, replay_delay_s=0.002) as rt:
-            accepted = await rt.submit(turn("anthropic", "rapid_deltas"))
+            accepted = await rt.submission.submit(turn("anthropic", "rapid_deltas"))
             collected: list[LogEntry] = []
             cursor = "0-0"
             while True:  # connect, take a few, drop, resume: over and over while it runs
-                reader = await rt.open_reader(accepted.run_id, cursor)
+                reader = await rt.reading.open_reader(accepted.run_id, cursor)
                 if reader is None:
                     break
                 batch = await reader.next_batch(5.0)
@@ -167,9 +167,9 @@ async def test_slow_subscriber_dropped_others_keep_pace(redis_url: str, key_pref
     with trio.fail_after(60):
         async with runtime_for(redis_url, key_prefix, tmp_path, subscriber_buffer=4,
                                replay_delay_s=0.0005) as rt:
-            accepted = await rt.submit(turn("openai", "rapid_deltas"))
-            actor = rt.actors[accepted.run_id]
-            slow = await rt.open_reader(accepted.run_id, None)
+            accepted = await rt.submission.submit(turn("openai", "rapid_deltas"))
+            actor = rt.runs.actors[accepted.run_id]
+            slow = await rt.reading.open_reader(accepted.run_id, None)
             assert slow is not None
             assert await slow.next_batch(0.05) is not None  # subscribed
             fast_entries = await read_all(rt, accepted.run_id)
@@ -186,11 +186,11 @@ async def test_slow_subscriber_dropped_others_keep_pace(redis_url: str, key_pref
 async def test_cancel_ends_aborted(redis_url: str, key_prefix: str, tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with runtime_for(redis_url, key_prefix, tmp_path, replay_delay_s=0.01) as rt:
-            accepted = await rt.submit(turn("anthropic", "rapid_deltas"))
+            accepted = await rt.submission.submit(turn("anthropic", "rapid_deltas"))
             await trio.sleep(0.3)
-            resp = await rt.cancel(accepted.run_id)
+            resp = await rt.submission.cancel(accepted.run_id)
             assert resp.status == "aborted"
-            again = await rt.cancel(accepted.run_id)  # idempotent
+            again = await rt.submission.cancel(accepted.run_id)  # idempotent
             assert again.status == "aborted"
             events = events_of(await read_all(rt, accepted.run_id))
             types = [e.type for e in events]
@@ -226,7 +226,7 @@ async def test_provider_exception_ends_run_failed(redis_url: str, key_prefix: st
     with trio.fail_after(30):
         async with runtime_for(redis_url, key_prefix, tmp_path,
                                providers={"openai": boom, "anthropic": boom}) as rt:
-            accepted = await rt.submit(turn("openai", "simple_message"))
+            accepted = await rt.submission.submit(turn("openai", "simple_message"))
             events = events_of(await read_all(rt, accepted.run_id))
             assert events[-1].type == "response_error"
             stored = await wait_stored(rt, accepted.run_id)
@@ -242,7 +242,7 @@ async def test_killed_projector_is_taken_over(redis_url: str, key_prefix: str,
     with trio.fail_after(60):
         async with runtime_for(redis_url, key_prefix, tmp_path, run_projector=False) as rt:
             await rt.log.ensure_group()  # what the doomed projector did when it started
-            runs = [(await rt.submit(turn(p, n))).run_id
+            runs = [(await rt.submission.submit(turn(p, n))).run_id
                     for p, n in [("openai", "simple_message"), ("anthropic", "tool_exec"),
                                  ("openai", "parallel_tools")] * 3]
             for run_id in runs:
@@ -259,7 +259,7 @@ async def test_killed_projector_is_taken_over(redis_url: str, key_prefix: str,
                 await nursery.start(rescuer.run)
                 for run_id in runs:
                     stored = await wait_stored(rt, run_id)
-                    assert stored == await rt.rebuild(run_id)
+                    assert stored == await rt.reading.rebuild(run_id)
                 nursery.cancel_scope.cancel()
             assert rescuer.persisted == len(runs)
             assert await rt.log.pending_count() == 0
@@ -271,7 +271,7 @@ async def test_tool_failure_and_timeout_keep_the_run_going(redis_url: str, key_p
     with trio.fail_after(30):
         async with runtime_for(redis_url, key_prefix, tmp_path) as rt:
             for provider, name in [("openai", "tool_failure"), ("anthropic", "tool_timeout")]:
-                accepted = await rt.submit(turn(provider, name))
+                accepted = await rt.submission.submit(turn(provider, name))
                 events = events_of(await read_all(rt, accepted.run_id))
                 resp = rebuild(events)
                 outputs = [i for i in resp.output_items if i.type == "function_call_output"]
@@ -288,7 +288,7 @@ async def test_submit_rejects_bad_turns(redis_url: str, key_prefix: str, tmp_pat
     with trio.fail_after(15):
         async with runtime_for(redis_url, key_prefix, tmp_path) as rt:
             with pytest.raises(CodyError) as info:
-                await rt.submit(TurnRequest.model_validate({"prompt": "x", **bad}))
+                await rt.submission.submit(TurnRequest.model_validate({"prompt": "x", **bad}))
             assert info.value.status == 400
 
 
@@ -298,7 +298,7 @@ async def test_expired_stream_is_410_but_response_stays(redis_url: str, key_pref
 
     with trio.fail_after(30):
         async with runtime_for(redis_url, key_prefix, tmp_path, retention_s=1) as rt:
-            accepted = await rt.submit(turn("openai", "simple_message"))
+            accepted = await rt.submission.submit(turn("openai", "simple_message"))
             await read_all(rt, accepted.run_id)
             stored = await wait_stored(rt, accepted.run_id)
             for _ in range(100):  # the retention TTL runs out
@@ -306,15 +306,15 @@ async def test_expired_stream_is_410_but_response_stays(redis_url: str, key_pref
                     break
                 await trio.sleep(0.1)
             with pytest.raises(StreamExpired):
-                await rt.open_reader(accepted.run_id, None)
-            assert await rt.get_response(accepted.run_id) == stored
+                await rt.reading.open_reader(accepted.run_id, None)
+            assert await rt.reading.get_response(accepted.run_id) == stored
 
 
 async def test_max_iterations_ends_the_turn(redis_url: str, key_prefix: str,
                                             tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with runtime_for(redis_url, key_prefix, tmp_path, max_iterations=1) as rt:
-            accepted = await rt.submit(turn("anthropic", "tool_read_file"))
+            accepted = await rt.submission.submit(turn("anthropic", "tool_read_file"))
             resp = rebuild(events_of(await read_all(rt, accepted.run_id)))
     assert resp.status == "complete"
     assert resp.finish_reason == "max_iterations"
@@ -325,12 +325,12 @@ async def test_a_run_reads_as_queued_before_it_starts(redis_url: str, key_prefix
                                                       tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with runtime_for(redis_url, key_prefix, tmp_path, replay_delay_s=0.05) as rt:
-            accepted = await rt.submit(turn("openai", "simple_message"))
-            first = await rt.get_response(accepted.run_id)  # right after the 202
+            accepted = await rt.submission.submit(turn("openai", "simple_message"))
+            first = await rt.reading.get_response(accepted.run_id)  # right after the 202
             assert first.status in ("queued", "in_progress")
             assert first.thread_id == accepted.thread_id
             await read_all(rt, accepted.run_id)
-            assert (await rt.get_response(accepted.run_id)).status == "complete"
+            assert (await rt.reading.get_response(accepted.run_id)).status == "complete"
 
 
 DELTA_EVENT = {"openai": b"event: response.output_text.delta\n",
@@ -349,7 +349,7 @@ async def test_backlogged_deltas_merge_and_the_response_is_the_same(
     for provider in ("openai", "anthropic"):
         with trio.fail_after(30):
             async with runtime_for(redis_url, key_prefix, tmp_path) as rt:
-                accepted = await rt.submit(turn(provider, "rapid_deltas"))
+                accepted = await rt.submission.submit(turn(provider, "rapid_deltas"))
                 events = events_of(await read_all(rt, accepted.run_id))
                 deltas = sum(e.type == "item_delta" for e in events)
                 assert 1 <= deltas <= fixture_deltas(provider, "rapid_deltas") // 20
@@ -366,7 +366,7 @@ async def test_merging_off_or_idle_writes_one_event_per_delta(
     for settings, name in cases:
         with trio.fail_after(30):
             async with runtime_for(redis_url, key_prefix, tmp_path, **settings) as rt:
-                accepted = await rt.submit(turn("openai", name))
+                accepted = await rt.submission.submit(turn("openai", name))
                 events = events_of(await read_all(rt, accepted.run_id))
                 want = LIBRARY.get("openai", name)
                 deltas = sum(e.type == "item_delta" for e in events)
@@ -380,7 +380,7 @@ async def test_projector_lingers_and_folds_a_short_run_into_one_write(
         async with runtime_for(redis_url, key_prefix, tmp_path,
                                projector_linger_ms=400) as rt:
             assert rt.projector is not None
-            accepted = await rt.submit(turn("openai", "simple_message"))
+            accepted = await rt.submission.submit(turn("openai", "simple_message"))
             stored = await wait_stored(rt, accepted.run_id)
             assert response_view(stored) == LIBRARY.get("openai", "simple_message").expected
             assert rt.projector.persisted == 1  # start, prompt and end checkpoints: one write
@@ -391,9 +391,9 @@ async def test_a_just_finished_run_shows_on_its_thread_before_it_is_stored(
     with trio.fail_after(30):
         async with runtime_for(redis_url, key_prefix, tmp_path,
                                projector_linger_ms=5000) as rt:
-            accepted = await rt.submit(turn("openai", "simple_message"))
-            await rt.actors[accepted.run_id].finished.wait()
-            assert accepted.run_id not in rt.actors
+            accepted = await rt.submission.submit(turn("openai", "simple_message"))
+            await rt.runs.actors[accepted.run_id].finished.wait()
+            assert accepted.run_id not in rt.runs.actors
             assert await rt.store.get_response(accepted.run_id) is None  # still lingering
-            _, runs = await rt.thread_with_runs(accepted.thread_id)
+            _, runs = await rt.threads.with_runs(accepted.thread_id)
             assert [(r.id, r.status) for r in runs] == [(accepted.run_id, "complete")]

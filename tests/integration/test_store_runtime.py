@@ -40,16 +40,16 @@ async def test_runs_persist_and_list_on_each_engine(store_url: str, prefix: str,
     config = config_for(TCP_REDIS_URL, prefix, data_dir, store_url=store_url)
     with trio.fail_after(60):
         async with open_runtime(config) as rt:
-            first = await rt.submit(turn("openai", "simple_message"))
+            first = await rt.submission.submit(turn("openai", "simple_message"))
             await read_all(rt, first.run_id)
             stored_first = await wait_stored(rt, first.run_id)
-            second = await rt.submit(turn("anthropic", "simple_message",
-                                          thread_id=first.thread_id))
+            second = await rt.submission.submit(turn("anthropic", "simple_message",
+                                                     thread_id=first.thread_id))
             await read_all(rt, second.run_id)
             stored_second = await wait_stored(rt, second.run_id)
             assert stored_first.status == stored_second.status == "complete"
 
-            thread, runs = await rt.thread_with_runs(first.thread_id)
+            thread, runs = await rt.threads.with_runs(first.thread_id)
             assert thread.id == first.thread_id
             assert [r.id for r in runs] == [first.run_id, second.run_id]
             assert runs == [stored_first, stored_second]
@@ -57,7 +57,7 @@ async def test_runs_persist_and_list_on_each_engine(store_url: str, prefix: str,
             assert {r.id for r in page} == {first.run_id, second.run_id} and cursor is None
             only, _ = await rt.store.list_runs(model=stored_second.model_id)
             assert [r.id for r in only] == [second.run_id]
-            assert await rt.ready() == {"redis": True, "store": True}
+            assert (await rt.lifecycle.ready()).as_dict() == {"redis": True, "store": True}
 
 
 async def test_runtime_stays_up_through_a_postgres_outage(prefix: str, data_dir: Path) -> None:
@@ -70,25 +70,25 @@ async def test_runtime_stays_up_through_a_postgres_outage(prefix: str, data_dir:
                                 store_timeout_s=1.0)
             async with open_runtime(config) as rt:
                 assert isinstance(rt.store, PostgresStore)
-                before = await rt.submit(turn("openai", "simple_message"))
+                before = await rt.submission.submit(turn("openai", "simple_message"))
                 await read_all(rt, before.run_id)
                 await wait_stored(rt, before.run_id)
 
                 proxy.cut()
                 start = trio.current_time()
-                assert await rt.ready() == {"redis": True, "store": False}
+                assert (await rt.lifecycle.ready()).as_dict() == {"redis": True, "store": False}
                 assert trio.current_time() - start < 3
                 with pytest.raises(StoreUnavailable) as info:
-                    await rt.submit(turn("openai", "simple_message"))
+                    await rt.submission.submit(turn("openai", "simple_message"))
                 assert info.value.status == 503
 
                 await proxy.restore()
                 with trio.fail_after(15):
                     while True:
-                        if (await rt.ready())["store"]:
+                        if (await rt.lifecycle.ready()).store:
                             break
                         await trio.sleep(0.1)
-                after = await rt.submit(turn("anthropic", "simple_message"))
+                after = await rt.submission.submit(turn("anthropic", "simple_message"))
                 await read_all(rt, after.run_id)
                 assert (await wait_stored(rt, after.run_id)).status == "complete"
                 assert (await rt.store.get_response(before.run_id)) is not None

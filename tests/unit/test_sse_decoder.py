@@ -3,7 +3,15 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.sse import SSEDecoder, SSEMessage, encode_comment, encode_frame
+from runtime.sse import (
+    KEEP_ALIVE,
+    STREAM_OPEN,
+    SSEDecoder,
+    SSEMessage,
+    encode_comment,
+    encode_entry,
+    encode_frame,
+)
 
 BODY = (b": comment\r\n"
         b"event: a\r\ndata: one\r\n\r\n"
@@ -48,3 +56,23 @@ def test_any_split(cuts: list[int]) -> None:
 def test_encode_roundtrip() -> None:
     frame = encode_frame("a\nb", event="x", id="1-0") + encode_comment("ka")
     assert decode([frame]) == [SSEMessage("x", "a\nb", "1-0")]
+
+
+def test_an_entry_frame_is_the_exact_bytes_clients_get() -> None:
+    """The fan-out's frame, pinned byte for byte: ids, type and the stored JSON untouched."""
+    data = b'{"type":"item_delta","payload":{"delta_content":"a\\nb \xc3\xa9"}}'
+    assert encode_entry("1700000000000-7", "item_delta", data) == (
+        b"id: 1700000000000-7\nevent: item_delta\ndata: " + data + b"\n\n")
+    assert decode([encode_entry("1-0", "x", data)]) == [
+        SSEMessage("x", data.decode(), "1-0")]
+    assert STREAM_OPEN == b": stream open\n\n"
+    assert KEEP_ALIVE == b": keep-alive\n\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=40),
+       st.from_regex(r"\A[a-z_]{1,20}\Z"), st.from_regex(r"\A[0-9]{1,13}-[0-9]{1,4}\Z"))
+def test_entry_frames_are_one_line_frames(data: str, event: str, entry_id: str) -> None:
+    """The hot-path encoder and the general one agree for the one-line JSON we store."""
+    assert encode_entry(entry_id, event, data.encode()) == encode_frame(data, event=event,
+                                                                        id=entry_id)

@@ -1,0 +1,192 @@
+"""The submission service: turning a ``TurnRequest`` into a running run actor, and stopping one.
+
+It owns the policy of a submit, in this order: nothing is accepted while draining
+(``503 SHUTTING_DOWN``); the model and provider are resolved against the allow-list
+(``UNKNOWN_PROVIDER``, ``INVALID_MODEL``) and the provider must be configured
+(``PROVIDER_NOT_CONFIGURED``); the requested tools must be enabled on this server; a client's
+``run_id`` must be new (``409 CONFLICT``). Then it gathers the thread's history, wires the
+actor (provider, tools, limits, the log it writes through), records the run's metadata and
+starts it in the runs nursery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from actors.local_runs import LocalRuns, freshest
+from actors.providers.provider import ModelProvider
+from actors.providers.settings import RequestSettings
+from actors.reading import ReadingService
+from actors.run_actor import RunActor, RunLimits, RunSpec
+from actors.tools import ExecPolicy, ToolRunner
+from runtime.clock import WallClock
+from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
+from runtime.errors import (
+    Conflict,
+    InvalidModel,
+    ProviderNotConfigured,
+    UnknownProvider,
+    ValidationFailed,
+)
+from runtime.eventlog import EventLog
+from runtime.group_commit import GroupCommitter
+from runtime.ids import new_uuid
+from runtime.schema import OutputItem, Response
+from runtime.store import Store
+from runtime.turns import TurnAccepted, TurnRequest
+
+PROVIDERS = ("openai", "anthropic")
+
+CANCEL_WAIT_S = 30.0
+"""How long a cancel waits for the run's ending to be written before answering."""
+
+
+class ActorLog:
+    """What a run actor writes through: appends group-committed, status direct."""
+
+    def __init__(self, committer: GroupCommitter, event_log: EventLog) -> None:
+        self._committer = committer
+        self._log = event_log
+
+    async def append(self, run_id: str, events: Sequence[bytes],
+                     checkpoint_seq: int | None = None) -> list[str]:
+        return await self._committer.append(run_id, events, checkpoint_seq)
+
+    async def set_status(self, run_id: str, status: str) -> None:
+        await self._log.set_status(run_id, status)
+
+
+class SubmissionService:
+    def __init__(self, config: RuntimeConfig, *, runs: LocalRuns, log_: EventLog,
+                 store: Store, providers: dict[str, ModelProvider], clock: WallClock,
+                 node_id: str, actor_log: ActorLog, reading: ReadingService) -> None:
+        self._config = config
+        self._runs = runs
+        self._log = log_
+        self._store = store
+        self._providers = providers
+        self._clock = clock
+        self._node_id = node_id
+        self._actor_log = actor_log
+        self._reading = reading
+
+    # ------------------------------------------------------------------ policy
+
+    def resolve_model(self, req: TurnRequest) -> tuple[str, str]:
+        """The (provider, model) a turn runs on.
+
+        Raises:
+            UnknownProvider: ``provider_id`` is not one we speak.
+            InvalidModel: ``model`` is not on the allow-list, or not served by ``provider_id``.
+        """
+        cfg = self._config
+        if req.provider_id is not None and req.provider_id not in PROVIDERS:
+            raise UnknownProvider(f"unknown provider {req.provider_id!r}; known: "
+                                  f"{', '.join(PROVIDERS)}", details={"field": "provider_id"})
+        if req.model is not None:
+            entry = cfg.models.get(req.model)
+            if entry is None:
+                raise InvalidModel(f"unknown model {req.model!r}; allowed: "
+                                   f"{', '.join(sorted(cfg.models))}", details={"field": "model"})
+            if req.provider_id is not None and entry.provider != req.provider_id:
+                raise InvalidModel(f"model {req.model!r} is not served by provider "
+                                   f"{req.provider_id!r}", details={"field": "model"})
+            return entry.provider, req.model
+        if req.provider_id is not None:
+            if req.provider_id == cfg.default_provider:
+                return req.provider_id, cfg.default_model
+            return req.provider_id, DEFAULT_PROVIDER_MODEL[req.provider_id]
+        return cfg.default_provider, cfg.default_model
+
+    def _provider_for(self, provider_id: str) -> ModelProvider:
+        provider = self._providers.get(provider_id)
+        if provider is None:
+            raise ProviderNotConfigured(
+                f"provider {provider_id!r} has no API key configured on this server "
+                f"(set {provider_id.upper()}_API_KEY, or run the server with --replay)",
+                details={"field": "provider_id", "provider": provider_id})
+        return provider
+
+    def _tools_for(self, req: TurnRequest) -> list[str]:
+        enabled = self._config.effective_tools
+        tools = list(enabled) if req.tools is None else req.tools
+        for name in tools:
+            if name not in enabled:
+                raise ValidationFailed(f"tools: {name!r} is not enabled on this server "
+                                       f"(enabled: {', '.join(enabled) or 'none'})",
+                                       details={"field": "tools"})
+        return tools
+
+    async def _check_new(self, run_id: str) -> None:
+        if run_id in self._runs or await self._log.run_exists(run_id) or \
+                await self._store.get_response(run_id) is not None:
+            raise Conflict(f"run {run_id} already exists", details={"field": "run_id"})
+
+    async def history(self, thread_id: str) -> list[OutputItem]:
+        """Earlier finished turns of a thread, as the provider must see them again: the
+        complete ones, in order, without their error and cancellation items."""
+        stored = await self._store.list_thread_responses(thread_id)
+        responses: list[Response] = freshest(stored, self._runs.recent_on(thread_id))
+        return [i for r in responses if r.status == "complete"
+                for i in r.output_items if i.type not in ("error", "cancelled")]
+
+    # ------------------------------------------------------------------ submit and cancel
+
+    async def submit(self, req: TurnRequest) -> TurnAccepted:
+        self._runs.check_accepting()
+        provider_id, model_id = self.resolve_model(req)
+        provider = self._provider_for(provider_id)
+        tools = self._tools_for(req)
+        run_id = req.run_id or new_uuid()
+        if req.run_id is not None:  # a fresh uuid4 cannot collide; a client's may repeat one
+            await self._check_new(run_id)
+        thread_id = req.thread_id or new_uuid()
+        turn_id = req.turn_id or new_uuid()
+        await self._store.ensure_thread(thread_id)
+        cfg = self._config
+        entry = cfg.models[model_id]
+        effort = req.reasoning_effort or (cfg.default_reasoning_effort
+                                          if entry.reasoning and provider_id == "openai" else None)
+        budget = req.thinking_budget or (cfg.default_thinking_budget
+                                         if entry.reasoning and provider_id == "anthropic"
+                                         else None)
+        spec = RunSpec(
+            run_id=run_id, thread_id=thread_id, turn_id=turn_id, agent_id=req.agent_id,
+            provider_id=provider_id, model_id=model_id, prompt=req.prompt,
+            settings=RequestSettings(model_name=entry.provider_model, reasoning_effort=effort,
+                                     thinking_budget=budget),
+            history=tuple(await self.history(thread_id)) if req.thread_id else (),
+        )
+        runner = ToolRunner(cfg.workspace_root, enabled=tools, timeout_s=cfg.tool_timeout_s,
+                            output_cap=cfg.tool_output_cap,
+                            exec_policy=ExecPolicy.from_config(cfg))
+        actor = RunActor(spec, log_=self._actor_log, provider=provider, tools=runner,
+                         clock=self._clock, limits=RunLimits.from_config(cfg),
+                         subscriber_buffer=cfg.subscriber_buffer)
+        self._runs.reserve(actor)
+        try:
+            await self._log.put_meta(run_id, {"thread_id": thread_id, "turn_id": turn_id,
+                                              "status": "in_progress", "node": self._node_id,
+                                              "provider_id": provider_id, "model_id": model_id})
+        except BaseException:
+            self._runs.release(run_id)
+            raise
+        self._runs.start(actor)
+        return TurnAccepted(run_id=run_id, thread_id=thread_id, turn_id=turn_id,
+                            events_url=f"/api/v2/runs/{run_id}/events")
+
+    async def cancel(self, run_id: str) -> Response:
+        """Idempotent: a live run here ends ``aborted`` (waited for, up to
+        :data:`CANCEL_WAIT_S`); any run answers with its Response as it then is.
+
+        Raises:
+            NotFound: no such run.
+        """
+        actor = self._runs.get(run_id)
+        if actor is not None:
+            actor.cancel()
+            with trio.move_on_after(CANCEL_WAIT_S):
+                await actor.finished.wait()
+        return await self._reading.get_response(run_id)
