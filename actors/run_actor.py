@@ -1,10 +1,27 @@
-"""One run actor per run: the only writer of its stream (SPEC §6).
+"""One run actor per run: the only writer of its stream (SPEC §6), a trio driver of its turn.
 
-The actor drives the turn: it builds each provider request from the thread's history and the
-turn so far, feeds the provider's bytes to the normaliser, wraps the payloads into events with
-gapless ``seq``, folds them into its reducer, appends them to Redis (one pipelined round trip per
-chunk, with a persistence checkpoint where SPEC §5 asks for one) and only then publishes them to
-subscribers. Function calls run as tools, concurrently, and their outputs feed the next request.
+The rules of the turn (seq, the prompt item, usage totals, the tool loop, max iterations, how
+cancel and failure end it, append-then-fold) are the pure machine of
+``runtime/turn_machine.py``. This actor only does what the machine asks, and tells it how it
+went:
+
+- ``SendRequest``: builds the provider request from the conversation items, streams the body
+  through the provider's normaliser into the machine. A reader task pulls the body while the
+  actor waits on Redis, and each round the actor feeds everything that arrived meanwhile in
+  one go (the machine merges the deltas that queued up), so the append round trip is shared by
+  every token that came during the previous one; idle, a round is one chunk and nothing waits;
+- ``RunTools``: runs the calls concurrently (``actors/tools.py``);
+- ``Append``: appends the batch through its :class:`RunLog`, riding out a Redis outage with
+  capped, jittered backoff, then tells the machine (which folds the events) and *only then*
+  publishes them to subscribers: what a client sees is in Redis (SPEC §5);
+- ``Finished``: records the run's status.
+
+Deadlines (``RunLimits``): a failed append mid-turn is retried for ``append_deadline_s``; past
+it the turn ends ``RUN_FAILED``. Every ending (complete, error, aborted) is written within one
+deadline, ``ending_deadline_s``, that covers its retries and the wait on the group committer:
+it is shielded from the cancellation of the runtime shutting down, but not from its own
+deadline, and past it the run is left for the janitor, which ends it RUN_ORPHANED once Redis
+is back. SIGTERM exits within the drain deadline regardless (``api/server.py``).
 
 A run actor is never restarted (that would call the model twice). ``cancel`` stops the
 provider call and the tools at once and ends the turn ``aborted``; an unexpected exception ends
@@ -14,8 +31,11 @@ it with ``response_error`` RUN_FAILED, so no Response is ever left ``in_progress
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import math
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -30,29 +50,20 @@ from actors.providers.provider import ModelProvider, ProviderCall
 from actors.providers.settings import RequestSettings
 from actors.tools import ToolResult, ToolRunner
 from runtime.clock import WallClock
-from runtime.coalesce import coalesce_deltas
-from runtime.envelope import EventFactory, encode_event
-from runtime.errors import RUN_FAILED, CodyError, ProviderError, RedisUnavailable
-from runtime.ids import new_traceparent, prompt_item_id, tool_output_item_id
+from runtime.config import RuntimeConfig
+from runtime.errors import CodyError, is_infrastructure
+from runtime.ids import new_traceparent
 from runtime.reducer import ResponseReducer
-from runtime.schema import (
-    ErrorInfo,
-    FunctionCallItem,
-    FunctionCallOutputItem,
-    ItemCancelled,
-    ItemDelta,
-    ItemDone,
-    ItemStart,
-    MessageItem,
-    OutputItem,
-    Payload,
-    Response,
-    ResponseDone,
-    ResponseErrorPayload,
-    ResponseStart,
-    TurnAbortedByUser,
-    Usage,
-    UsageUpdate,
+from runtime.schema import OutputItem, Response
+from runtime.turn_machine import (
+    Append,
+    Command,
+    Finished,
+    RunTools,
+    SendRequest,
+    TurnLimits,
+    TurnMachine,
+    TurnSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,7 @@ NormaliserFactory = Callable[[str], StreamNormaliser]
 RequestBuilder = Callable[[Sequence[OutputItem], Sequence[ToolSpec], RequestSettings],
                           dict[str, Any]]
 
+# The one place that maps a provider to its wire format (a protocol registry can replace it).
 NORMALISERS: dict[str, NormaliserFactory] = {
     "openai": OpenAIResponsesNormaliser,
     "anthropic": AnthropicMessagesNormaliser,
@@ -71,8 +83,21 @@ REQUEST_BUILDERS: dict[str, RequestBuilder] = {
 }
 
 
+def new_normaliser(provider_id: str, run_id: str) -> StreamNormaliser:
+    return NORMALISERS[provider_id](run_id)
+
+
+def build_request(provider_id: str, items: Sequence[OutputItem], tools: Sequence[ToolSpec],
+                  settings: RequestSettings) -> dict[str, Any]:
+    return REQUEST_BUILDERS[provider_id](items, tools, settings)
+
+
 class RunLog(Protocol):
-    """What the actor needs of the Redis event log."""
+    """What the actor needs of the Redis event log.
+
+    ``append`` either stores the whole batch and returns its entry ids, or raises (a
+    ``RedisUnavailable`` is retried) having stored none of it; cancelled while its batch is
+    still queued, it is withdrawn (``runtime/group_commit.py``)."""
 
     async def append(self, run_id: str, events: Sequence[bytes],
                      checkpoint_seq: int | None = None) -> list[str]: ...
@@ -93,35 +118,54 @@ class RunSpec:
     history: tuple[OutputItem, ...]
     """Earlier turns of the thread, in order, as the provider must see them again."""
 
+    def turn(self) -> TurnSpec:
+        return TurnSpec(run_id=self.run_id, thread_id=self.thread_id, turn_id=self.turn_id,
+                        agent_id=self.agent_id, provider_id=self.provider_id,
+                        model_id=self.model_id, prompt=self.prompt, history=self.history)
+
 
 @dataclass(frozen=True, slots=True)
 class RunLimits:
     max_iterations: int = 50
-    append_retries: int = 20
-    append_backoff_s: float = 0.25
     coalesce_max_chars: int = 8192
     """Adjacent deltas of an item that queued up meanwhile merge up to this size; 0: never."""
     read_ahead: int = 64
     """Provider chunks read ahead while an append is in flight (then the reader waits)."""
     max_round_bytes: int = 262_144
     """At most this much provider body is fed and appended in one round."""
+    append_deadline_s: float = 30.0
+    """A failed append mid-turn is retried this long; then the turn ends RUN_FAILED."""
+    ending_deadline_s: float = 10.0
+    """The whole ending (its append, retries, the status) is written within this, or the run
+    is left for the janitor."""
+    append_backoff_s: float = 0.1
+    """First delay between append retries; doubled each time, up to ``append_backoff_max_s``,
+    each delay drawn in [delay / 2, delay] (jitter, so runs do not retry in lockstep)."""
+    append_backoff_max_s: float = 2.0
+
+    @classmethod
+    def from_config(cls, config: RuntimeConfig) -> RunLimits:
+        return cls(max_iterations=config.max_iterations,
+                   coalesce_max_chars=config.coalesce_max_chars,
+                   append_deadline_s=config.append_deadline_s,
+                   ending_deadline_s=config.ending_deadline_s)
 
 
-class _Stop(Exception):
-    """The turn is over (terminal event emitted)."""
-
-
-async def _read_ahead(body: AsyncIterator[bytes],
-                      send: trio.MemorySendChannel[bytes | Exception]) -> None:
-    """Pull the provider body into ``send``; a failure is passed on as an item, so that the
-    actor raises it itself, in order after the bytes that came before it."""
-    async with send:
-        try:
-            async for chunk in body:
-                if chunk:
-                    await send.send(chunk)
-        except Exception as exc:
-            await send.send(exc)
+async def _read_provider(provider: ModelProvider, call: ProviderCall,
+                         send: trio.MemorySendChannel[bytes | Exception],
+                         scope: trio.CancelScope) -> None:
+    """Open the request and pull its body into ``send``, inside ``scope`` (which ``cancel``
+    cancels). A failure is passed on as an item, so that the actor raises it itself, in order
+    after the bytes that came before it; the channel closes when the body ends."""
+    with scope:
+        async with send:
+            try:
+                async with provider.stream(call) as body:
+                    async for chunk in body:
+                        if chunk:
+                            await send.send(chunk)
+            except Exception as exc:
+                await send.send(exc)
 
 
 async def _gather(receive: trio.MemoryReceiveChannel[bytes | Exception], max_bytes: int
@@ -145,25 +189,33 @@ async def _gather(receive: trio.MemoryReceiveChannel[bytes | Exception], max_byt
     return chunks, None
 
 
+def _single(exc: Exception) -> Exception:
+    """The one exception inside (nested) groups of one, for a readable RUN_FAILED."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 class RunActor:
     def __init__(self, spec: RunSpec, *, log_: RunLog, provider: ModelProvider,
                  tools: ToolRunner, clock: WallClock, limits: RunLimits,
-                 subscriber_buffer: int) -> None:
+                 subscriber_buffer: int, rng: random.Random | None = None) -> None:
         self.spec = spec
         self._log = log_
         self._provider = provider
         self._tools = tools
-        self._clock = clock
         self._limits = limits
-        self._factory = EventFactory(spec.run_id, new_traceparent(), clock.now_ms)
-        self.reducer = ResponseReducer()
+        self._rng = rng or random.Random()
+        self.machine = TurnMachine(spec.turn(), traceparent=new_traceparent(),
+                                   now_ms=clock.now_ms,
+                                   limits=TurnLimits(max_iterations=limits.max_iterations,
+                                                     coalesce_max_chars=limits.coalesce_max_chars))
         self.fanout = Fanout(subscriber_buffer)
-        self._scope = trio.CancelScope()
+        self._work: trio.CancelScope | None = None  # the provider reader or the tools
         self._cancel_reason: str | None = None
-        self._open_items: dict[str, None] = {}
-        self._turn_items: list[OutputItem] = []
-        self._usage: Usage | None = None
-        self._terminal = False
+        self._cancel_told = False
+        self._cancel_requested = trio.Event()
+        self._ending_deadline = math.inf
         self.finished = trio.Event()
 
     # ------------------------------------------------------------------ public face
@@ -172,240 +224,216 @@ class RunActor:
     def run_id(self) -> str:
         return self.spec.run_id
 
+    @property
+    def reducer(self) -> ResponseReducer:
+        """The Response folded from what Redis took."""
+        return self.machine.reducer
+
     def snapshot(self) -> Response | None:
-        return self.reducer.snapshot() if self.reducer.started else None
+        return self.machine.snapshot()
 
     def cancel(self, reason: str = "cancelled by user") -> None:
-        """Idempotent; ends the turn ``aborted`` unless it has already ended."""
-        if self._terminal or self._cancel_reason is not None:
+        """Idempotent; ends the turn ``aborted`` unless its ending is already decided."""
+        if self.machine.ending or self._cancel_reason is not None:
             return
         self._cancel_reason = reason
-        self._scope.cancel()
+        self._cancel_requested.set()
+        if self._work is not None:
+            self._work.cancel()
 
     async def run(self) -> None:
         try:
-            await self._start()
-            with self._scope:
-                await self._turn()
-            if self._cancel_reason is not None and not self._terminal:
-                await self._shielded(self._abort(self._cancel_reason))
-        except _Stop:
-            pass
-        except ProviderError as exc:
-            await self._shielded(self._provider_failed(exc))
-        except Exception as exc:
-            log.exception("run %s failed", self.run_id)
-            await self._shielded(self._fail(exc))
+            ending = await self._drive(self.machine.start(), until_ending=True)
+            if not ending and not self.machine.finished:  # never: the machine always ends
+                log.error("run %s: the turn stopped without an ending", self.run_id)
+                ending = self.machine.fail(RuntimeError("the turn stopped without an ending"))
+            if ending:
+                await self._end(ending)
+        except Exception:  # a bug in the driver: never take the other runs down with it
+            log.exception("run %s: its actor failed; the run is left for the janitor",
+                          self.run_id)
         finally:
             self.fanout.close()
             self.finished.set()
 
-    # ------------------------------------------------------------------ the turn
+    # ------------------------------------------------------------------ the driver
 
-    async def _start(self) -> None:
-        spec = self.spec
-        prompt = MessageItem(id=prompt_item_id(spec.run_id), origin="user", role="user",
-                             content=spec.prompt)
-        self._turn_items.append(prompt)
-        await self._emit([
-            ResponseStart(response_id=spec.run_id, turn_id=spec.turn_id,
-                          thread_id=spec.thread_id, agent_id=spec.agent_id,
-                          model_id=spec.model_id, provider_id=spec.provider_id,
-                          created_at=self._clock.now_ms()),
-            ItemStart(item_id=prompt.id, item_type="message"),
-            ItemDone(item_id=prompt.id, final_item=prompt),
-        ], checkpoint=True)
-
-    async def _turn(self) -> None:
-        spec = self.spec
-        build = REQUEST_BUILDERS[spec.provider_id]
-        for exchange in range(self._limits.max_iterations):
-            body = build([*spec.history, *self._turn_items], self._tools.specs, spec.settings)
-            call = ProviderCall(run_id=spec.run_id, provider_id=spec.provider_id,
-                                model_id=spec.model_id, prompt=spec.prompt, exchange=exchange,
-                                body=body)
-            done, calls = await self._exchange(call)
-            if calls and done.finish_reason == "tool_calls":
-                await self._run_tools(calls)
-                continue
-            await self._finish(done.finish_reason)
-            return
-        await self._finish("max_iterations")
-
-    async def _exchange(self, call: ProviderCall) -> tuple[ResponseDone, list[FunctionCallItem]]:
-        """One model request: stream it through the normaliser into the log.
-
-        A reader task keeps pulling the provider's body while the actor waits on Redis, and
-        each round the actor takes everything that arrived meanwhile: one normaliser feed, one
-        append, with adjacent deltas merged (runtime/coalesce.py). Idle, that is one chunk
-        per round, so nothing waits; busy, the append round trip is shared by every token
-        that arrived during the previous one."""
-        normaliser = NORMALISERS[call.provider_id](call.run_id)
-        calls: list[FunctionCallItem] = []
-        request_usage: list[Usage] = []
-        done: ResponseDone | None = None
-        failure: Exception | None = None
-        send, receive = trio.open_memory_channel[bytes | Exception](self._limits.read_ahead)
-        async with self._provider.stream(call) as body, trio.open_nursery() as nursery:
-            nursery.start_soon(_read_ahead, body, send)
+    async def _drive(self, commands: list[Command], *, until_ending: bool) -> list[Command]:
+        """Carry out the machine's commands one by one. With ``until_ending``, stop at the
+        ending (its terminal append, or ``Finished``) and return what is left to do."""
+        while commands:
+            cmd = commands[0]
+            if until_ending and (isinstance(cmd, Finished) or
+                                 (isinstance(cmd, Append) and cmd.terminal)):
+                return commands
             try:
-                async with receive:
+                if isinstance(cmd, Append):
+                    commands = await self._append(cmd)
+                elif isinstance(cmd, SendRequest):
+                    commands = await self._exchange(cmd)
+                elif isinstance(cmd, RunTools):
+                    commands = await self._run_tools(cmd)
+                else:
+                    await self._finished(cmd)
+                    return []
+            except Exception as exc:
+                log.exception("run %s failed", self.run_id)
+                failure = _single(exc)
+                commands = self._tell(partial(self.machine.fail, failure))
+        return []
+
+    def _tell(self, outcome: Callable[[], list[Command]] | None = None) -> list[Command]:
+        """Tell the machine ``outcome``, and first of a cancel that came meanwhile, so that it
+        never asks for a request or a tool run the user no longer wants."""
+        commands: list[Command] = []
+        if self._cancel_reason is not None and not self._cancel_told:
+            self._cancel_told = True
+            commands += self.machine.cancel(self._cancel_reason)
+        return commands + outcome() if outcome is not None else commands
+
+    async def _end(self, commands: list[Command]) -> None:
+        """The ending, within one deadline, shielded from the runtime's own cancellation."""
+        self._ending_deadline = trio.current_time() + self._limits.ending_deadline_s
+        with trio.CancelScope(deadline=self._ending_deadline, shield=True):
+            await self._drive(commands, until_ending=False)
+        if not self.machine.finished:
+            if self.machine.awaiting_append:
+                self.machine.append_failed(TimeoutError("ending deadline passed"))
+            log.warning("run %s: its ending could not be written within %g s; left for the "
+                        "janitor", self.run_id, self._limits.ending_deadline_s)
+
+    async def _finished(self, cmd: Finished) -> None:
+        if cmd.status is None:
+            log.warning("run %s: its ending could not be stored; left for the janitor",
+                        self.run_id)
+            return
+        try:
+            await self._log.set_status(self.run_id, cmd.status)
+        except CodyError:
+            log.warning("run %s: could not record status %s", self.run_id, cmd.status)
+
+    # ------------------------------------------------------------------ provider
+
+    async def _exchange(self, cmd: SendRequest) -> list[Command]:
+        """One model request, streamed through the normaliser into the machine."""
+        if self._cancel_reason is not None:  # cancelled meanwhile: no request at all
+            return self._tell()
+        spec = self.spec
+        call = ProviderCall(run_id=spec.run_id, provider_id=spec.provider_id,
+                            model_id=spec.model_id, prompt=spec.prompt, exchange=cmd.exchange,
+                            body=build_request(spec.provider_id, cmd.items, self._tools.specs,
+                                               spec.settings))
+        normaliser = new_normaliser(spec.provider_id, spec.run_id)
+        send, receive = trio.open_memory_channel[bytes | Exception](self._limits.read_ahead)
+        reader = self._work = trio.CancelScope()
+        failure: Exception | None = None
+        try:
+            async with trio.open_nursery() as nursery, receive:
+                nursery.start_soon(_read_provider, self._provider, call, send, reader)
+                try:
                     while not normaliser.finished:
-                        chunks, error = await _gather(receive, self._limits.max_round_bytes)
+                        chunks, failure = await _gather(receive, self._limits.max_round_bytes)
                         if chunks:
-                            done = await self._absorb(normaliser.feed(b"".join(chunks)),
-                                                      calls, request_usage) or done
-                        if error is not None:
-                            raise error
-                        if not chunks:
+                            payloads = normaliser.feed(b"".join(chunks))
+                            commands = await self._appends_while_streaming(
+                                self._tell(partial(self.machine.receive_payloads, payloads)))
+                            if commands:
+                                return commands
+                        if failure is not None or not chunks:
                             break
-            except Exception as exc:  # raised outside the nursery, so not as an ExceptionGroup
-                failure = exc
-            nursery.cancel_scope.cancel()
+                finally:
+                    reader.cancel()
+        finally:
+            self._work = None
+        if self._cancel_reason is not None:
+            return self._tell()
         if failure is not None:
-            raise failure
+            error = failure
+            return self._tell(partial(self.machine.fail, error))
         if not normaliser.finished:
-            done = await self._absorb(normaliser.end_of_stream(), calls, request_usage) or done
-        if request_usage:
-            self._usage = request_usage[-1] if self._usage is None else (
-                self._usage + request_usage[-1])
-        if done is None:  # the normaliser always ends with a terminal payload
-            raise RuntimeError("provider stream ended without a terminal event")
-        return done, calls
+            tail = normaliser.end_of_stream()
+            commands = await self._appends_while_streaming(
+                self._tell(partial(self.machine.receive_payloads, tail)))
+            if commands:
+                return commands
+        return self._tell(self.machine.provider_ended)
 
-    async def _absorb(self, payloads: list[Payload], calls: list[FunctionCallItem],
-                      request_usage: list[Usage]) -> ResponseDone | None:
-        """Pass item payloads through; turn usage into the turn's running total; hold back the
-        provider's ``response_done`` (the turn may go on with tools); emit errors and stop."""
-        out: list[Payload] = []
-        done: ResponseDone | None = None
-        checkpoint = False
-        for p in payloads:
-            if isinstance(p, ItemStart):
-                self._open_items[p.item_id] = None
-                out.append(p)
-            elif isinstance(p, ItemDelta):
-                out.append(p)
-            elif isinstance(p, ItemDone):
-                self._open_items.pop(p.item_id, None)
-                self._turn_items.append(p.final_item)
-                if isinstance(p.final_item, FunctionCallItem):
-                    calls.append(p.final_item)
-                checkpoint = True
-                out.append(p)
-            elif isinstance(p, UsageUpdate):
-                request_usage.append(p.usage)
-                total = p.usage if self._usage is None else self._usage + p.usage
-                out.append(UsageUpdate(response_id=self.run_id, usage=total))
-            elif isinstance(p, ResponseDone):
-                done = p
-            elif isinstance(p, ResponseErrorPayload):
-                out.append(p)
-                await self._emit(out, terminal=True)
-                raise _Stop
-            else:
-                out.append(p)
-        if out:
-            await self._emit(out, checkpoint=checkpoint)
-        return done
+    async def _appends_while_streaming(self, commands: list[Command]) -> list[Command]:
+        """Carry out the appends a round of payloads asks for; anything else (the ending)
+        stops the stream and goes back to the driver."""
+        while commands and isinstance(commands[0], Append) and not commands[0].terminal:
+            commands = await self._append(commands[0])
+        return commands
 
-    async def _run_tools(self, calls: list[FunctionCallItem]) -> None:
-        results: list[ToolResult | None] = [None] * len(calls)
+    # ------------------------------------------------------------------ tools
 
-        async def run_one(i: int, c: FunctionCallItem) -> None:
+    async def _run_tools(self, cmd: RunTools) -> list[Command]:
+        if self._cancel_reason is not None:
+            return self._tell()
+        results: list[ToolResult | None] = [None] * len(cmd.calls)
+
+        async def run_one(i: int) -> None:
+            c = cmd.calls[i]
             results[i] = await self._tools.run(c.name, c.arguments)
 
-        async with trio.open_nursery() as nursery:
-            for i, c in enumerate(calls):
-                nursery.start_soon(run_one, i, c)
-        out: list[Payload] = []
-        for c, r in zip(calls, results, strict=True):
-            assert r is not None
-            item = FunctionCallOutputItem(id=tool_output_item_id(c.call_id),
-                                          origin="tool_harness", call_id=c.call_id,
-                                          output=r.output, success=r.success)
-            self._turn_items.append(item)
-            out += [ItemStart(item_id=item.id, item_type="function_call_output",
-                              call_id=c.call_id),
-                    ItemDone(item_id=item.id, final_item=item)]
-        await self._emit(out, checkpoint=True)
-
-    async def _finish(self, finish_reason: str | None) -> None:
-        await self._emit([ResponseDone(response_id=self.run_id, status="complete",
-                                       usage=self._usage, finish_reason=finish_reason)],
-                         terminal=True)
-
-    # ------------------------------------------------------------------ endings
-
-    async def _abort(self, reason: str) -> None:
-        out: list[Payload] = [ItemCancelled(item_id=i, reason=reason) for i in self._open_items]
-        out += [TurnAbortedByUser(turn_id=self.spec.turn_id, reason=reason),
-                ResponseDone(response_id=self.run_id, status="aborted", usage=self._usage,
-                             finish_reason=None)]
-        self._open_items.clear()
-        await self._emit(out, terminal=True)
-
-    async def _provider_failed(self, exc: ProviderError) -> None:
-        details = dict(exc.details or {})
-        await self._emit([ResponseErrorPayload(
-            response_id=self.run_id,
-            error=ErrorInfo(code=exc.code, message=exc.message, details=details or None))],
-            terminal=True)
-
-    async def _fail(self, exc: BaseException) -> None:
-        if self._terminal or not self.reducer.started:
-            return
-        await self._emit([ResponseErrorPayload(
-            response_id=self.run_id,
-            error=ErrorInfo(code=RUN_FAILED, message=f"run failed: {exc}",
-                            details={"exception": type(exc).__name__}))], terminal=True)
-
-    async def _shielded(self, work: Any) -> None:
-        """Endings must be written even while the surrounding scope is being cancelled."""
-        with trio.CancelScope(shield=True), trio.move_on_after(30):
+        with trio.CancelScope() as work:
+            self._work = work
             try:
-                await work
-            except CodyError:
-                log.exception("run %s: could not write its ending", self.run_id)
+                async with trio.open_nursery() as nursery:
+                    for i in range(len(cmd.calls)):
+                        nursery.start_soon(run_one, i)
+            finally:
+                self._work = None
+        if self._cancel_reason is not None or work.cancelled_caught:
+            return self._tell()
+        done = [r for r in results if r is not None]
+        return self._tell(partial(self.machine.tool_results, done))
 
     # ------------------------------------------------------------------ the log
 
-    async def _emit(self, payloads: list[Payload], *, checkpoint: bool = False,
-                    terminal: bool = False) -> None:
-        if self._terminal:
-            return
-        payloads = coalesce_deltas(payloads, self._limits.coalesce_max_chars)
-        events = [self._factory.make(p) for p in payloads]
-        for ev in events:
-            self.reducer.apply(ev)
-        data = [encode_event(ev) for ev in events]
-        seq = events[-1].seq if checkpoint or terminal else None
-        with trio.CancelScope(shield=True):  # a half-written batch would leave a seq gap
-            ids = await self._append(data, seq)
-        if terminal:
-            self._terminal = True
+    async def _append(self, cmd: Append) -> list[Command]:
+        """Store the batch, then fold (the machine) and publish; or tell the machine it
+        failed, publishing nothing."""
+        ids, error = await self._store(cmd)
+        if ids is None:
+            assert error is not None
+            return self._tell(partial(self.machine.append_failed, error))
+        commands = self._tell(self.machine.append_succeeded)
         self.fanout.publish(tuple(LogEntry(i, ev.type, d)
-                                  for i, ev, d in zip(ids, events, data, strict=True)))
-        if terminal:
-            status = self.reducer.status
-            with trio.CancelScope(shield=True):
-                try:
-                    await self._log.set_status(self.run_id, status)
-                except RedisUnavailable:
-                    log.warning("run %s: could not record status %s", self.run_id, status)
+                                  for i, ev, d in zip(ids, cmd.events, cmd.data, strict=True)))
+        return commands
 
-    async def _append(self, data: list[bytes], seq: int | None) -> list[str]:
-        """Append, riding out a Redis outage for a while: what a client sees must be in Redis,
-        so the actor waits rather than publish what it could not store."""
-        delay = self._limits.append_backoff_s
-        for attempt in range(self._limits.append_retries):
+    async def _store(self, cmd: Append) -> tuple[list[str] | None, Exception | None]:
+        """Append, riding out a Redis outage with capped, jittered backoff: the entry ids, or
+        the error once retrying is over.
+
+        Mid-turn, the append itself is shielded (its outcome must be known: a half-known
+        batch would leave a seq gap or a duplicate) and retried until ``append_deadline_s``
+        or a cancel, which ends the turn. An ending is retried until the ending deadline, which
+        the surrounding scope enforces on the append itself too."""
+        limits = self._limits
+        terminal = cmd.terminal
+        deadline = (self._ending_deadline if terminal
+                    else trio.current_time() + limits.append_deadline_s)
+        delay = limits.append_backoff_s
+        while True:
             try:
-                return await self._log.append(self.run_id, data, seq)
-            except RedisUnavailable:
-                if attempt + 1 == self._limits.append_retries:
-                    raise
-                log.warning("run %s: Redis unavailable, retrying append in %.2fs",
-                            self.run_id, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+                with trio.CancelScope(shield=not terminal):
+                    return await self._log.append(self.run_id, cmd.data, cmd.checkpoint_seq), None
+            except Exception as exc:
+                if not is_infrastructure(exc):  # a bug, not an outage: retrying cannot help
+                    log.error("run %s: append failed: %r", self.run_id, exc)
+                    return None, exc
+                error = exc
+            left = deadline - trio.current_time()
+            if left <= 0 or (not terminal and self._cancel_requested.is_set()):
+                return None, error
+            wait = min(left, delay * self._rng.uniform(0.5, 1.0))
+            log.warning("run %s: Redis unavailable, retrying append in %.2fs (%.0fs left)",
+                        self.run_id, wait, left)
+            with trio.move_on_after(wait):
+                if terminal:
+                    await trio.sleep_forever()
+                else:  # a cancel stops the retries: the turn ends aborted instead
+                    await self._cancel_requested.wait()
+            delay = min(delay * 2, limits.append_backoff_max_s)

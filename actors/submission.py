@@ -163,9 +163,7 @@ class SubmissionService:
                             output_cap=cfg.tool_output_cap,
                             exec_policy=ExecPolicy.from_config(cfg))
         actor = RunActor(spec, log_=self._actor_log, provider=provider, tools=runner,
-                         clock=self._clock,
-                         limits=RunLimits(max_iterations=cfg.max_iterations,
-                                           coalesce_max_chars=cfg.coalesce_max_chars),
+                         clock=self._clock, limits=RunLimits.from_config(cfg),
                          subscriber_buffer=cfg.subscriber_buffer)
         self._runs.reserve(actor)
         try:

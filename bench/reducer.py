@@ -2,7 +2,10 @@
 ResponseReducer (and, separately, JSON encoding), over the rapid_deltas and large_response
 fixtures of each protocol: OpenAI Responses (``openai``), Anthropic Messages (``anthropic``)
 and Chat Completions (``local``, the openai-chat fixtures). Target: >= 200,000 events/s on one
-core.
+core. The ``turn`` column is what a run actor does minus Redis: the same bytes through the
+turn machine (runtime/turn_machine.py: its rules, stamping, encoding, and folding once the
+append is acknowledged, which here is at once), with delta merging off so that it writes the
+same events as the other columns; compare it with ``+encode``.
 
     python bench/reducer.py                 # best of 7 runs per stage
     python bench/reducer.py --profile       # plus a cProfile of the whole pipeline
@@ -37,6 +40,7 @@ from runtime.schema import (
     ResponseStart,
     StreamEvent,
 )
+from runtime.turn_machine import Append, SendRequest, TurnLimits, TurnMachine, TurnSpec
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 RUN = "3f2b8c1e-5d4a-4b6c-9e8f-7a1b2c3d4e5f"
@@ -103,6 +107,35 @@ def pipeline(fx: Fixture, make: Callable[[str], StreamNormaliser], chunk: int) -
     return count
 
 
+def turn(fx: Fixture, make: Callable[[str], StreamNormaliser], chunk: int) -> int:
+    """Bytes to Response through the turn machine, every append acknowledged at once (no
+    tools: the benchmark's fixtures have none); returns the event count."""
+    machine = TurnMachine(TurnSpec(run_id=RUN, thread_id="th", turn_id="t", agent_id=None,
+                                   provider_id=fx.provider, model_id=fx.model,
+                                   prompt=fx.prompt),
+                          traceparent=TRACEPARENT, now_ms=itertools.count(1).__next__,
+                          limits=TurnLimits(coalesce_max_chars=0))
+    count = 0
+
+    def settle(commands: list) -> list:  # type: ignore[type-arg]
+        nonlocal count
+        while commands and isinstance(commands[0], Append):
+            count += len(commands[0].events)
+            commands = machine.append_succeeded()
+        return commands
+
+    commands = settle(machine.start())
+    while commands and isinstance(commands[0], SendRequest):
+        n = make(RUN)
+        for c in chunked(fx.exchanges[commands[0].exchange].stream, chunk):
+            settle(machine.receive_payloads(n.feed(c)))
+        if not n.finished:
+            settle(machine.receive_payloads(n.end_of_stream()))
+        commands = settle(machine.provider_ended())
+    machine.snapshot()
+    return count
+
+
 def encode_all(events: Sequence[StreamEvent]) -> list[bytes]:
     return [encode_event(e) for e in events]
 
@@ -152,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     providers = args.provider or PROVIDERS
     makers = {p: normaliser(library.get(p, NAMES[0])) for p in providers}
     print(f"{'fixture':<34}{'events':>8}{'MB':>7}{'normalise':>13}{'stamp+fold':>13}"
-          f"{'pipeline':>13}{'+encode':>13}{'MB/s':>8}   (events/s, best of {args.repeat})")
-    total_events = 0
-    total_time = 0.0
+          f"{'pipeline':>13}{'+encode':>13}{'turn':>13}{'MB/s':>8}"
+          f"   (events/s, best of {args.repeat})")
+    total_events = total_turn = 0
+    total_time = total_turn_time = 0.0
     for provider, name in itertools.product(providers, NAMES):
         fx = library.get(provider, name)
         make = makers[provider]
@@ -165,14 +199,18 @@ def main(argv: list[str] | None = None) -> int:
         t_fold = best(partial(fold, payloads), args.repeat)
         t_pipe = best(partial(pipeline, fx, make, args.chunk), args.repeat)
         t_enc = best(partial(encode_all, events), args.repeat)
+        n_turn = turn(fx, make, args.chunk)
+        t_turn = best(partial(turn, fx, make, args.chunk), args.repeat)
         size = sum(len(ex.stream) for ex in fx.exchanges) / 1e6
         print(f"{fx.protocol + '/' + name:<34}{n:>8,}{size:>7.2f}{rate(n, t_norm)}"
               f"{rate(n, t_fold)}{rate(n, t_pipe)}{rate(n, t_pipe + t_enc)}"
-              f"{size / t_pipe:>8.0f}")
+              f"{rate(n_turn, t_turn)}{size / t_pipe:>8.0f}")
         total_events += n
         total_time += t_pipe
+        total_turn += n_turn
+        total_turn_time += t_turn
     print(f"{'all':<34}{total_events:>8,}{'':>7}{'':>13}{'':>13}"
-          f"{rate(total_events, total_time)}")
+          f"{rate(total_events, total_time)}{'':>13}{rate(total_turn, total_turn_time)}")
 
     if args.profile:
         prof = cProfile.Profile()

@@ -121,6 +121,12 @@ class RuntimeConfig(BaseModel):
     projector_linger_ms: int = 50
     """After finding checkpoints, wait this long for more before writing them all at once."""
     reader_pool_size: int = 64
+    append_deadline_s: float = 30.0
+    """A run whose append fails mid-turn (Redis down) keeps retrying it this long, then ends
+    its turn RUN_FAILED."""
+    ending_deadline_s: float = 10.0
+    """Every ending of a run (complete, error, aborted) is written within this, retries
+    included; past it the run is left for the janitor (RUN_ORPHANED once Redis is back)."""
     drain_timeout_s: float = 10.0
     """SIGTERM exits within this, whatever state Redis is in; runs not ended by then are
     left for the janitor (RUN_ORPHANED)."""
@@ -211,6 +217,8 @@ class RuntimeConfig(BaseModel):
         put("slow_step_ms", "CODY_SLOW_STEP_MS", float)
         put("projector_linger_ms", "CODY_PROJECTOR_LINGER_MS", int)
         put("drain_timeout_s", "CODY_DRAIN_TIMEOUT_S", float)
+        put("append_deadline_s", "CODY_APPEND_DEADLINE_S", float)
+        put("ending_deadline_s", "CODY_ENDING_DEADLINE_S", float)
         put("default_provider", "CODY_DEFAULT_PROVIDER")
         put("default_model", "CODY_DEFAULT_MODEL")
         put("exec_user", "CODY_EXEC_USER")

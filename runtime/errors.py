@@ -24,6 +24,7 @@ so the rest of the code sees only these::
     ├── SupervisorGaveUp          500 SUPERVISOR_GAVE_UP      internal (ends the process)
     ├── EventOrderError           500 EVENT_ORDER_ERROR       internal (before response_start)
     ├── CorruptStream             500 CORRUPT_STREAM          internal (a poison run)
+    ├── TurnProtocolError         500 TURN_PROTOCOL_ERROR     internal (a turn machine misused)
     ├── ProviderError             502 PROVIDER_ERROR          provider (or the provider's code)
     └── ToolError                 500 TOOL_ERROR              internal (a success=false output)
 
@@ -231,6 +232,14 @@ class CorruptStream(CodyError):
     ``response_start``): the run is poison. The projector skips it; nothing else stops."""
 
     code = "CORRUPT_STREAM"
+    status = 500
+
+
+class TurnProtocolError(CodyError):
+    """The turn machine (runtime/turn_machine.py) was told something its state does not allow,
+    e.g. tool results while no tools run: a bug in its driver, like h11's LocalProtocolError."""
+
+    code = "TURN_PROTOCOL_ERROR"
     status = 500
 
 

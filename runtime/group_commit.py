@@ -29,7 +29,7 @@ class BatchLog(Protocol):
                           ) -> list[list[str]]: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Request:
     run_id: str
     events: Sequence[bytes]
@@ -37,12 +37,16 @@ class _Request:
     done: trio.Event = field(default_factory=trio.Event)
     ids: list[str] | None = None
     error: BaseException | None = None
+    taken: bool = False
+    """Taken from the queue into a round trip: no longer withdrawn if its caller gives up."""
 
 
 class GroupCommitter:
-    def __init__(self, log_: BatchLog, *, max_events: int = 2000) -> None:
+    def __init__(self, log_: BatchLog, *, max_events: int = 2000,
+                 commit_timeout_s: float = 10.0) -> None:
         self._log = log_
         self._max_events = max_events
+        self._commit_timeout_s = commit_timeout_s
         self._queue: deque[_Request] = deque()
         self._wake = trio.Event()
         self.round_trips = 0
@@ -57,7 +61,15 @@ class GroupCommitter:
         request = _Request(run_id, events, checkpoint_seq)
         self._queue.append(request)
         self._wake.set()
-        await request.done.wait()
+        try:
+            await request.done.wait()
+        except trio.Cancelled:
+            # still queued: withdrawn, so it is never written behind the caller's back (an
+            # ending past its deadline must not land after the janitor's). Already in a
+            # round trip: that one is bounded (``commit_timeout_s``) and may still land.
+            if not request.taken:
+                self._queue.remove(request)
+            raise
         if request.error is not None:
             raise request.error
         assert request.ids is not None
@@ -84,6 +96,7 @@ class GroupCommitter:
         while self._queue and (not batch or events + len(self._queue[0].events)
                                <= self._max_events):
             request = self._queue.popleft()
+            request.taken = True
             batch.append(request)
             events += len(request.events)
         return batch
@@ -91,7 +104,7 @@ class GroupCommitter:
     async def _commit(self, batch: list[_Request]) -> None:
         try:
             # shielded: a half-sent batch would leave seq gaps; bounded: never hangs shutdown
-            with trio.CancelScope(shield=True), trio.fail_after(10):
+            with trio.CancelScope(shield=True), trio.fail_after(self._commit_timeout_s):
                 results = await self._log.append_many(
                     [(r.run_id, r.events, r.checkpoint_seq) for r in batch])
         except (CodyError, OSError, trio.TooSlowError) as exc:

@@ -1,44 +1,59 @@
-"""Running recorded fixtures without Redis, HTTP or trio, and comparing Responses with them.
+"""Playing recorded fixtures through the turn machine without Redis, HTTP or trio.
 
-``run_fixture_offline`` does what the run actor does with a provider's bytes (normaliser, tool
-loop, usage totals, envelopes, reducer), with the tools' outputs taken from the fixture, so
-the normalisers and the reducer can be checked against ``expected.json`` in milliseconds.
+The rules of a turn live in one place, ``runtime/turn_machine.py``; the run actor drives that
+machine with trio, and :class:`OfflineRun` drives the same machine synchronously: the fixture's wire
+bytes (cut as the caller likes) go through the provider's real normaliser, its recorded tool
+outputs (or any others) answer ``RunTools``, and every ``Append`` is "stored" in a list, or
+refused when a test injects an outage. A test can also cancel or fail the turn before any
+input. So the normalisers, the machine and the reducer are checked against ``expected.json``
+in milliseconds, in any chunking and with any interruption.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal
 
 from actors.providers.base import StreamNormaliser
-from actors.providers.fixtures import Exchange, Fixture
-from runtime.envelope import EventFactory
-from runtime.ids import new_traceparent, new_uuid, prompt_item_id, tool_output_item_id
-from runtime.reducer import ResponseReducer
+from actors.providers.fixtures import Fixture, load_fixture
+from actors.providers.settings import RequestSettings
+from runtime.config import DEFAULT_MODELS, RuntimeConfig
+from runtime.errors import RedisUnavailable
+from runtime.ids import new_traceparent, new_uuid, prompt_item_id
 from runtime.schema import (
+    OUTPUT_ITEM_ADAPTER,
     FunctionCallItem,
-    FunctionCallOutputItem,
-    ItemDone,
-    ItemStart,
-    MessageItem,
-    Payload,
+    OutputItem,
     Response,
-    ResponseDone,
-    ResponseErrorPayload,
-    ResponseStart,
     StreamEvent,
-    Usage,
-    UsageUpdate,
+)
+from runtime.turn_machine import (
+    Append,
+    Command,
+    Finished,
+    RunTools,
+    SendRequest,
+    ToolOutcome,
+    TurnLimits,
+    TurnMachine,
+    TurnSpec,
 )
 
 NormaliserFactory = Callable[[str], StreamNormaliser]
 Chunker = Callable[[bytes], Iterable[bytes]]
+Interrupt = Literal["cancel", "fail"]
+ToolAnswer = Callable[[int, Sequence[FunctionCallItem]], Sequence[ToolOutcome]]
+"""(exchange index, calls) -> one outcome per call."""
 
 #: Fields of a Response that differ per run (fixtures/README.md).
 PER_RUN_FIELDS = ("id", "turn_id", "thread_id", "agent_id", "created_at", "updated_at")
 PROMPT_PLACEHOLDER = "<prompt>"
 START_MS = 1_700_000_000_000
+CANCEL_REASON = "cancelled by user"
+INJECTED_FAILURE = "injected failure"
 
 
 def response_view(resp: Response) -> dict[str, Any]:
@@ -66,82 +81,173 @@ def whole(stream: bytes) -> Iterable[bytes]:
     return (stream,)
 
 
-class _OfflineRun:
-    """The run actor's bookkeeping, minus I/O: every payload becomes an event at once."""
+def fixture_history(fx: Fixture) -> tuple[OutputItem, ...]:
+    """The thread's earlier turns a fixture recorded after (``after``), as expected."""
+    if fx.after is None:
+        return ()
+    before = load_fixture(fx.path.parent / fx.after)
+    return (*fixture_history(before),
+            *(OUTPUT_ITEM_ADAPTER.validate_python(i) for i in before.expected["output_items"]))
 
-    def __init__(self, fx: Fixture, now_ms: Callable[[], int]) -> None:
+
+def request_settings(fx: Fixture) -> RequestSettings:
+    """The settings the runtime sends for the fixture's model by default (the openai-chat
+    fixtures' models are in their own catalogue, ``cody.toml`` beside them)."""
+    if fx.protocol == "openai-chat":
+        from runtime.catalogue import load_catalogue
+
+        resolved = load_catalogue(fx.path.parent / "cody.toml", {}, required=True).resolve(
+            fx.model)
+        return RequestSettings(model_name=resolved.wire_name,
+                               reasoning_effort="medium" if resolved.reasoning else None)
+    entry = DEFAULT_MODELS[fx.model]
+    if fx.provider == "openai":
+        return RequestSettings(model_name=entry.provider_model,
+                               reasoning_effort="medium" if entry.reasoning else None)
+    return RequestSettings(
+        model_name=entry.provider_model,
+        thinking_budget=RuntimeConfig().default_thinking_budget if entry.reasoning else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    output: str
+    success: bool
+
+
+def recorded_tools(fx: Fixture) -> ToolAnswer:
+    """The fixture's recorded tool outputs, checked against the calls the machine asks for."""
+    def answer(exchange: int, calls: Sequence[FunctionCallItem]) -> list[Outcome]:
+        recorded = fx.exchanges[exchange].tool_outputs
+        made = [c.call_id for c in calls]
+        if [t.call_id for t in recorded] != made:
+            raise AssertionError(f"{fx.name}: tool outputs for "
+                                 f"{[t.call_id for t in recorded]}, calls {made}")
+        return [Outcome(t.output, t.success) for t in recorded]
+    return answer
+
+
+@dataclass
+class OfflineRun:
+    """One fixture's turn, driven through :class:`~runtime.turn_machine.TurnMachine` synchronously.
+
+    Args:
+        fx: the fixture.
+        chunks: how each stream body is cut into the chunks fed to the normaliser.
+        normalisers: provider id -> normaliser factory (default: the real ones).
+        now_ms: the wall clock (default: 1 ms later on each call, from a fixed start).
+        tools: answers ``RunTools`` (default: the fixture's recorded outputs).
+        append_ok: ``(batch, attempt number from 0) -> stored?``; default always.
+        interrupt: ``input number from 1 -> "cancel" / "fail" / None``, asked before each
+            input after ``start`` (a cancel or a failure that came meanwhile is told first,
+            as the run actor does).
+        limits: the machine's limits.
+    """
+
+    fx: Fixture
+    chunks: Chunker = whole
+    normalisers: Mapping[str, NormaliserFactory] | None = None
+    now_ms: Callable[[], int] | None = None
+    tools: ToolAnswer | None = None
+    append_ok: Callable[[Append, int], bool] | None = None
+    interrupt: Callable[[int], Interrupt | None] | None = None
+    limits: TurnLimits = field(default_factory=TurnLimits)
+    stored: list[StreamEvent] = field(default_factory=list)
+    """Every event "Redis" took, in order (what subscribers would have been sent)."""
+    requests: list[SendRequest] = field(default_factory=list)
+    appends: list[tuple[Append, bool]] = field(default_factory=list)
+    finished: Finished | None = None
+    inputs: int = 0
+    interrupted: list[tuple[int, Interrupt]] = field(default_factory=list)
+    """The interrupts that took effect: (input number, what)."""
+
+    def __post_init__(self) -> None:
+        fx = self.fx
         self.run_id = new_uuid()
-        self.factory = EventFactory(self.run_id, new_traceparent(), now_ms)
-        self.reducer = ResponseReducer()
-        self.events: list[StreamEvent] = []
-        self.usage: Usage | None = None  # the turn's total over finished requests
-        self.now_ms = now_ms
-        self.fx = fx
+        self.machine = TurnMachine(
+            TurnSpec(run_id=self.run_id, thread_id=new_uuid(), turn_id=new_uuid(),
+                     agent_id=None, provider_id=fx.provider, model_id=fx.model,
+                     prompt=fx.prompt, history=fixture_history(fx)),
+            traceparent=new_traceparent(),
+            now_ms=self.now_ms or itertools.count(START_MS).__next__, limits=self.limits)
+        self._make = (self.normalisers[fx.provider] if self.normalisers is not None
+                      else real_normaliser(fx.protocol))
+        self._tools = self.tools or recorded_tools(fx)
 
-    def emit(self, payload: Payload) -> None:
-        ev = self.factory.make(payload)
-        self.reducer.apply(ev)
-        self.events.append(ev)
+    def run(self) -> OfflineRun:
+        commands = self.machine.start()
+        while commands:
+            if len(commands) != 1:
+                raise AssertionError(f"the machine gave {len(commands)} commands at once")
+            cmd = commands[0]
+            if isinstance(cmd, Append):
+                commands = self._append(cmd)
+            elif isinstance(cmd, SendRequest):
+                commands = self._exchange(cmd)
+            elif isinstance(cmd, RunTools):
+                outcomes = self._tools(self.machine_exchange(), cmd.calls)
+                commands = self._tell(partial(self.machine.tool_results, outcomes))
+            else:
+                self.finished = cmd
+                break
+        return self
 
-    def start(self) -> None:
-        prompt = MessageItem(id=prompt_item_id(self.run_id), origin="user", role="user",
-                             content=self.fx.prompt)
-        self.emit(ResponseStart(response_id=self.run_id, turn_id=new_uuid(),
-                                thread_id=new_uuid(), model_id=self.fx.model,
-                                provider_id=self.fx.provider, created_at=self.now_ms()))
-        self.emit(ItemStart(item_id=prompt.id, item_type="message"))
-        self.emit(ItemDone(item_id=prompt.id, final_item=prompt))
+    def machine_exchange(self) -> int:
+        return self.requests[-1].exchange
 
-    def exchange(self, ex: Exchange, normaliser: StreamNormaliser, chunks: Chunker,
-                 calls: list[FunctionCallItem]) -> ResponseDone | None:
-        """One model request; its function calls go to ``calls``. Returns the provider's
-        held-back ``response_done``, or None when the run ended with an error (emitted)."""
-        done: ResponseDone | None = None
-        request_usage: Usage | None = None
-        payloads: list[Payload] = []
-        for chunk in chunks(ex.stream):
-            payloads += normaliser.feed(chunk)
+    def response(self) -> Response:
+        snap = self.machine.snapshot()
+        assert snap is not None, "nothing was stored"
+        return snap
+
+    # ------------------------------------------------------------------ the driver
+
+    def _tell(self, outcome: Callable[[], list[Command]] | None = None) -> list[Command]:
+        self.inputs += 1
+        commands: list[Command] = []
+        what = self.interrupt(self.inputs) if self.interrupt is not None else None
+        if what is not None:
+            if not self.machine.ending:  # once the ending is decided, it is ignored
+                self.interrupted.append((self.inputs, what))
+            commands += (self.machine.cancel(CANCEL_REASON) if what == "cancel"
+                         else self.machine.fail(RuntimeError(INJECTED_FAILURE)))
+        return commands + outcome() if outcome is not None else commands
+
+    def _append(self, cmd: Append) -> list[Command]:
+        ok = self.append_ok(cmd, len(self.appends)) if self.append_ok is not None else True
+        self.appends.append((cmd, ok))
+        if not ok:
+            return self._tell(lambda: self.machine.append_failed(
+                RedisUnavailable("Redis is unavailable: injected")))
+        self.stored.extend(cmd.events)
+        return self._tell(self.machine.append_succeeded)
+
+    def _appends_while_streaming(self, commands: list[Command]) -> list[Command]:
+        while commands and isinstance(commands[0], Append) and not commands[0].terminal:
+            commands = self._append(commands[0])
+        return commands
+
+    def _exchange(self, cmd: SendRequest) -> list[Command]:
+        self.requests.append(cmd)
+        if cmd.exchange >= len(self.fx.exchanges):
+            raise AssertionError(f"{self.fx.name}: no recorded model request "
+                                 f"#{cmd.exchange + 1}")
+        normaliser = self._make(self.run_id)
+        for chunk in self.chunks(self.fx.exchanges[cmd.exchange].stream):
+            payloads = normaliser.feed(chunk)
+            commands = self._appends_while_streaming(
+                self._tell(partial(self.machine.receive_payloads, payloads)))
+            if commands:
+                return commands
             if normaliser.finished:
                 break
         if not normaliser.finished:
-            payloads += normaliser.end_of_stream()
-        for p in payloads:
-            if isinstance(p, UsageUpdate):
-                request_usage = p.usage
-                total = p.usage if self.usage is None else self.usage + p.usage
-                self.emit(UsageUpdate(response_id=self.run_id, usage=total))
-            elif isinstance(p, ResponseDone):
-                done = p
-            elif isinstance(p, ResponseErrorPayload):
-                self.emit(p)
-                return None
-            else:
-                if isinstance(p, ItemDone) and isinstance(p.final_item, FunctionCallItem):
-                    calls.append(p.final_item)
-                self.emit(p)
-        if request_usage is not None:
-            self.usage = request_usage if self.usage is None else self.usage + request_usage
-        if done is None:
-            raise AssertionError(f"{self.fx.name}: the stream ended without a terminal payload")
-        return done
-
-    def tool_outputs(self, ex: Exchange, calls: list[FunctionCallItem]) -> None:
-        """The fixture's recorded tool outputs, for the calls the normaliser produced."""
-        recorded = [t.call_id for t in ex.tool_outputs]
-        made = [c.call_id for c in calls]
-        if recorded != made:
-            raise AssertionError(f"{self.fx.name}: tool outputs for {recorded}, calls {made}")
-        for t in ex.tool_outputs:
-            item = FunctionCallOutputItem(id=tool_output_item_id(t.call_id),
-                                          origin="tool_harness", call_id=t.call_id,
-                                          output=t.output, success=t.success)
-            self.emit(ItemStart(item_id=item.id, item_type="function_call_output",
-                                call_id=t.call_id))
-            self.emit(ItemDone(item_id=item.id, final_item=item))
-
-    def finish(self, done: ResponseDone) -> None:
-        self.emit(ResponseDone(response_id=self.run_id, status="complete", usage=self.usage,
-                               finish_reason=done.finish_reason))
+            tail = normaliser.end_of_stream()
+            commands = self._appends_while_streaming(
+                self._tell(partial(self.machine.receive_payloads, tail)))
+            if commands:
+                return commands
+        return self._tell(self.machine.provider_ended)
 
 
 def run_fixture_offline(fx: Fixture, chunks: Chunker | None = None, *,
@@ -158,20 +264,7 @@ def run_fixture_offline(fx: Fixture, chunks: Chunker | None = None, *,
         now_ms: the wall clock (default: 1 ms later on each call, from a fixed start).
 
     Returns:
-        Every event emitted, in order, and the reduced Response.
+        Every event stored, in order, and the Response.
     """
-    make = normalisers[fx.provider] if normalisers is not None else real_normaliser(fx.protocol)
-    run = _OfflineRun(fx, now_ms or itertools.count(START_MS).__next__)
-    run.start()
-    last = len(fx.exchanges) - 1
-    for i, ex in enumerate(fx.exchanges):
-        calls: list[FunctionCallItem] = []
-        done = run.exchange(ex, make(run.run_id), chunks or whole, calls)
-        if done is None:
-            break
-        if calls and done.finish_reason == "tool_calls" and i < last:
-            run.tool_outputs(ex, calls)
-            continue
-        run.finish(done)
-        break
-    return run.events, run.reducer.snapshot()
+    run = OfflineRun(fx, chunks or whole, normalisers, now_ms).run()
+    return run.stored, run.response()
