@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 
 #: Configured headers whose values are treated as secrets (kept out of messages like the key).
 _SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie|password")
+_CLOSED = httpx.ByteStream(b"")
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 
@@ -297,6 +298,9 @@ class HttpProvider:
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
+            # httpx's Response and its stream refer to each other: a cycle per run left for
+            # the cyclic GC (whose pauses stall every stream); the closed stream is not needed
+            response.stream = _CLOSED
 
     async def _body(self, response: httpx.Response) -> AsyncIterator[bytes]:
         chunks = response.aiter_raw()
