@@ -191,6 +191,15 @@ class Endpoint:
         return bool(self.api_key) or self.api_key_env is None
 
 
+async def _close(response: httpx.Response) -> None:
+    """Close ``response`` and drop its stream: httpx's Response and its stream refer to each
+    other, a cycle per request left for the cyclic GC (whose pauses stall every stream)."""
+    try:
+        await response.aclose()
+    finally:
+        response.stream = _CLOSED
+
+
 class HttpProvider:
     """One provider's streaming endpoint."""
 
@@ -277,7 +286,7 @@ class HttpProvider:
             try:
                 body = await response.aread()
             finally:
-                await response.aclose()
+                await _close(response)
             code, message = _error_from_body(response.status_code, body)
             code, message = redact(code, self._secrets), redact(message, self._secrets)
             if response.status_code in RETRYABLE_STATUS and attempt < self.retry.max_retries:
@@ -297,10 +306,7 @@ class HttpProvider:
             yield self._body(response)
         finally:
             with trio.CancelScope(shield=True):
-                await response.aclose()
-            # httpx's Response and its stream refer to each other: a cycle per run left for
-            # the cyclic GC (whose pauses stall every stream); the closed stream is not needed
-            response.stream = _CLOSED
+                await _close(response)
 
     async def _body(self, response: httpx.Response) -> AsyncIterator[bytes]:
         chunks = response.aiter_raw()
