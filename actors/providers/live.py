@@ -52,12 +52,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
 
+from actors.providers.http_body import ProviderBody
 from actors.providers.provider import ModelProvider, ProviderCall
 from actors.providers.provider_errors import classify, redact
 from runtime.catalogue import ProviderSpec
@@ -303,10 +305,22 @@ class HttpProvider:
     async def stream(self, call: ProviderCall) -> AsyncIterator[AsyncIterator[bytes]]:
         response = await self._open(call)
         try:
-            yield self._body(response)
+            yield ProviderBody(response, self._body(response), idle_timeout_s=self.idle_timeout_s,
+                               lost=partial(self._lost, response), idle=partial(self._idle_error,
+                                                                               response))
         finally:
             with trio.CancelScope(shield=True):
                 await _close(response)
+
+    def _lost(self, response: httpx.Response, exc: BaseException) -> ProviderError:
+        return ProviderError(
+            f"{self.id}: connection lost mid-stream: {redact(repr(exc), self._secrets)}",
+            code=PROVIDER_CONNECTION_LOST, details=self._details(response.status_code))
+
+    def _idle_error(self, response: httpx.Response) -> ProviderError:
+        return ProviderError(f"{self.id}: no data for {self.idle_timeout_s:g} s",
+                             code=PROVIDER_IDLE_TIMEOUT,
+                             details=self._details(response.status_code))
 
     async def _body(self, response: httpx.Response) -> AsyncIterator[bytes]:
         chunks = response.aiter_raw()
@@ -318,15 +332,9 @@ class HttpProvider:
                 except StopAsyncIteration:
                     return
                 except httpx.TransportError as exc:
-                    raise ProviderError(
-                        f"{self.id}: connection lost mid-stream: "
-                        f"{redact(repr(exc), self._secrets)}",
-                        code=PROVIDER_CONNECTION_LOST,
-                        details=self._details(response.status_code)) from exc
+                    raise self._lost(response, exc) from exc
             if chunk is None:
-                raise ProviderError(
-                    f"{self.id}: no data for {self.idle_timeout_s:g} s",
-                    code=PROVIDER_IDLE_TIMEOUT, details=self._details(response.status_code))
+                raise self._idle_error(response)
             yield chunk
 
 
