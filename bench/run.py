@@ -293,17 +293,20 @@ async def cpu_rows(table: Table, s: Servers, runs: int, short_runs: int) -> None
     await h.load(h.cody_stream, s.cody_port, s.cody_pid, 4, 200)  # warm up
     table.section(f"CPU per isolated token and per run (server process, {runs} runs x "
                   "10 tokens/s; short runs: 1 token, 10 at a time)")
+    us = await h.per_run(s.cody_port, s.cody_pid, short_runs)
     iso = await h.isolated_tokens(s.cody_port, s.cody_pid, runs, tokens=120, gc_file=s.gc_file)
+    if iso.steady:
+        per_tok, how = iso.cpu_us_tok, f"{iso.tokens:,} tokens in {iso.window_s:.1f} s"
+    else:  # the machine was too busy for a window where every run streams
+        per_tok = (iso.load_cpu_s * 1e6 - runs * us) / iso.tokens
+        how = "whole load less set-up/tear-down: the machine was too busy for a window"
     table.add(f"CPU per isolated token ({runs} runs x 10 tok/s, 1 reader each)",
-              f"{iso.cpu_us_tok:.1f} us", "", None,
-              verdict(iso.cpu_us_tok <= 150, "<= 150 us") + f" ({iso.tokens:,} tokens in "
-              f"{iso.window_s:.1f} s)")
+              f"{per_tok:.1f} us", "", None, verdict(per_tok <= 150, "<= 150 us") + f" ({how})")
     pauses = iso.gc_pauses_ms
     table.add(f"GC pauses at {runs} runs, CPU: p99/max ms (count, full)",
               f"{h.pct(pauses, 99):.2f} / {max(pauses, default=0):.1f}", "", None,
               verdict(h.pct(pauses, 99) <= 5 if pauses else True, "p99 <= 5 ms")
               + f" ({len(pauses)}, {iso.gc_full} full; {iso.gc_collected:,} objects freed)")
-    us = await h.per_run(s.cody_port, s.cody_pid, short_runs)
     table.add(f"CPU per run set-up+tear-down ({short_runs} short runs)", f"{us / 1000:.2f} ms",
               "", None, verdict(us <= 2000, "<= 2 ms"))
 
