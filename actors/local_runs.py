@@ -11,7 +11,7 @@ before it reaches the store.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -87,12 +87,18 @@ class LocalRuns:
     def release(self, run_id: str) -> None:
         self.actors.pop(run_id, None)
 
-    def start(self, actor: RunActor) -> None:
+    def start(self, actor: RunActor,
+              before: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run ``actor`` in the runs nursery; ``before`` (a queued run's wait for its turn,
+        ``actors/thread_policies.py``) runs first, and must not raise."""
         self.stats.runs_started += 1
-        self._nursery.start_soon(self._run, actor)
+        self._nursery.start_soon(self._run, actor, before)
 
-    async def _run(self, actor: RunActor) -> None:
+    async def _run(self, actor: RunActor,
+                   before: Callable[[], Awaitable[None]] | None = None) -> None:
         try:
+            if before is not None:
+                await before()
             await actor.run()
         finally:
             snap = actor.snapshot()

@@ -34,7 +34,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -206,10 +206,8 @@ class RunActor:
         self._tools = tools
         self._limits = limits
         self._rng = rng or random.Random()
-        self.machine = TurnMachine(spec.turn(), traceparent=new_traceparent(),
-                                   now_ms=clock.now_ms,
-                                   limits=TurnLimits(max_iterations=limits.max_iterations,
-                                                     coalesce_max_chars=limits.coalesce_max_chars))
+        self._clock = clock
+        self.machine = self._new_machine()
         self.fanout = Fanout(subscriber_buffer)
         self._work: trio.CancelScope | None = None  # the provider reader or the tools
         self._cancel_reason: str | None = None
@@ -217,8 +215,29 @@ class RunActor:
         self._cancel_requested = trio.Event()
         self._ending_deadline = math.inf
         self.finished = trio.Event()
+        self._ran = False
+
+    def _new_machine(self) -> TurnMachine:
+        limits = self._limits
+        return TurnMachine(self.spec.turn(), traceparent=new_traceparent(),
+                           now_ms=self._clock.now_ms,
+                           limits=TurnLimits(max_iterations=limits.max_iterations,
+                                             coalesce_max_chars=limits.coalesce_max_chars))
 
     # ------------------------------------------------------------------ public face
+
+    @property
+    def cancel_requested(self) -> trio.Event:
+        """Set by the first :meth:`cancel` (a queued run waits for its turn or this)."""
+        return self._cancel_requested
+
+    def replace_history(self, history: tuple[OutputItem, ...]) -> None:
+        """Before :meth:`run` only: a queued turn learns its history when its turn comes
+        (``actors/thread_policies.py``)."""
+        if self._ran:
+            raise RuntimeError(f"run {self.run_id} has started: its history is fixed")
+        self.spec = replace(self.spec, history=history)
+        self.machine = self._new_machine()
 
     @property
     def run_id(self) -> str:
@@ -242,6 +261,7 @@ class RunActor:
             self._work.cancel()
 
     async def run(self) -> None:
+        self._ran = True
         try:
             ending = await self._drive(self.machine.start(), until_ending=True)
             if not ending and not self.machine.finished:  # never: the machine always ends

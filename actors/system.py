@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import trio
 
+from actors.idempotency import IdempotencyRecords
 from actors.janitor import Janitor
 from actors.lifecycle import Lifecycle
 from actors.local_runs import LocalRuns
@@ -41,6 +42,7 @@ from actors.providers.provider import ModelProvider
 from actors.providers.replay import ReplayProvider
 from actors.reading import ReadingService
 from actors.submission import ActorLog, SubmissionService
+from actors.thread_policies import ThreadPolicies
 from actors.threads import ThreadService
 from actors.tools import hide_process_from_commands
 from runtime.clock import SystemClock, WallClock
@@ -125,12 +127,19 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                                       block_ms=config.projector_block_ms,
                                       retention_s=config.retention_s,
                                       linger_s=config.projector_linger_ms / 1000)
+            # -- policies: thread policies and idempotent submits (their state is in Redis)
+            policies = ThreadPolicies(writer, event_log.keys, node_id=node_id,
+                                      find_actor=runs.get, poll_ms=config.thread_poll_ms,
+                                      ended_ttl_s=config.retention_s)
+            idempotency = IdempotencyRecords(writer, event_log.keys,
+                                             ttl_s=config.idempotency_ttl_s)
             runtime = CodyRuntime(
                 config=config,
                 submission=SubmissionService(
                     config, runs=runs, log_=event_log, store=store, providers=providers,
-                    clock=clock, node_id=node_id, actor_log=ActorLog(committer, event_log),
-                    reading=reading),
+                    clock=clock, node_id=node_id,
+                    actor_log=ActorLog(committer, event_log, on_end=policies.release),
+                    reading=reading, policies=policies, idempotency=idempotency),
                 reading=reading,
                 threads=ThreadService(runs=runs, store=store),
                 lifecycle=Lifecycle(runs=runs, log_=event_log, store=store),
@@ -140,8 +149,10 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                 children.append(ChildSpec("projector", projector.run, RestartPolicy.PERMANENT))
             janitor = Janitor(event_log, node_id=node_id, local_runs=runs.actors, clock=clock,
                               lease_ttl_s=config.lease_ttl_s,
-                              interval_s=config.janitor_interval_s)
+                              interval_s=config.janitor_interval_s,
+                              on_settle=policies.release_ended)
             children.append(ChildSpec("janitor", janitor.run, RestartPolicy.PERMANENT))
+            children.append(ChildSpec("thread-policies", policies.run, RestartPolicy.PERMANENT))
             if workers is not None:
                 children.extend(workers(runtime))
             if children:

@@ -26,6 +26,8 @@ from api.errors import from_cody, from_http, from_unexpected, validation_failed
 from api.models import ThreadCreate, ThreadPatch
 from api.openapi import openapi_document
 from runtime.errors import CodyError, PayloadTooLarge, ValidationFailed
+from runtime.idempotency import HEADER as IDEMPOTENCY_HEADER
+from runtime.idempotency import check_key as check_idempotency_key
 from runtime.ids import is_uuid
 from runtime.sse import KEEP_ALIVE, STREAM_OPEN
 from runtime.turns import TurnRequest
@@ -93,8 +95,11 @@ def create_app(services: Services) -> QuartTrio:
     # ------------------------------------------------------------------ runs
 
     async def submit() -> Response:
-        accepted = await submission.submit(await _body(TurnRequest, max_body))
-        return _model_json(accepted, 202)
+        # -- policies: Idempotency-Key (runtime/idempotency.py): a replay answers 200
+        key = check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+        req = await _body(TurnRequest, max_body)
+        accepted, replayed = await submission.submit_idempotent(req, key)
+        return _model_json(accepted, 200 if replayed else 202)
 
     app.add_url_rule("/api/v2/runs", "submit", submit, methods=["POST"])
     app.add_url_rule("/api/v2/submit", "submit_alias", submit, methods=["POST"])

@@ -30,6 +30,9 @@ class TurnRequest(BaseModel):
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     thinking_budget: Annotated[int, Field(gt=0)] | None = None
     tools: list[str] | None = None
+    multitask_strategy: Literal["parallel", "reject", "enqueue", "interrupt"] | None = None
+    """What this turn does if its thread has one running (runtime/thread_policy.py); unset:
+    the server's ``CODY_MULTITASK_STRATEGY``."""
 
     @field_validator("prompt")
     @classmethod
@@ -51,3 +54,6 @@ class TurnAccepted(BaseModel):
     thread_id: str
     turn_id: str
     events_url: str
+    status: Literal["in_progress", "queued"] = "in_progress"
+    """``queued``: the turn waits for its thread (``multitask_strategy`` enqueue or
+    interrupt); it starts when the turns ahead of it have ended."""
