@@ -263,7 +263,7 @@ class ThreadPolicies:
         thread_id = self._held.get(run_id)
         if thread_id is None:
             return
-        await self._release_on(thread_id, run_id)
+        await self.release_on(thread_id, run_id)
         self._held.pop(run_id, None)
 
     async def release_ended(self, run_id: str) -> None:
@@ -273,9 +273,11 @@ class ThreadPolicies:
         with map_redis_errors():
             thread_id = await self._w.hget(self._keys.run_meta(run_id), "thread_id")
         if thread_id:
-            await self._release_on(_s(thread_id), run_id)
+            await self.release_on(_s(thread_id), run_id)
 
-    async def _release_on(self, thread_id: str, run_id: str) -> None:
+    async def release_on(self, thread_id: str, run_id: str) -> Promotion | None:
+        """The release script for ``run_id`` on ``thread_id``; the run promoted, if any
+        (woken here at once if it waits here)."""
         delay = 0.05
         deadline = trio.current_time() + RELEASE_RETRY_S
         while True:
@@ -293,6 +295,7 @@ class ThreadPolicies:
         promotion = parse_promotion([_s(v) for v in reply])
         if promotion is not None:
             self._wake(promotion)
+        return promotion
 
     def _wake(self, promotion: Promotion) -> None:
         waiter = self._waiting.get(promotion.run_id)
