@@ -226,8 +226,12 @@ class SubmissionService:
             self._runs.release(run_id)
             raise
         if admission.decision == "busy":
-            self._runs.release(run_id)
-            await self._policies.forget_refused(run_id)
+            # its trace goes first: while it is registered and not local, a janitor would
+            # end it as an orphan
+            try:
+                await self._policies.forget_refused(run_id)
+            finally:
+                self._runs.release(run_id)
             running = [r for r, _ in admission.running]
             raise ThreadBusy(f"thread {thread_id} has a turn running ({', '.join(running)}); "
                              f"send it later, or with multitask_strategy enqueue or interrupt",
@@ -237,10 +241,12 @@ class SubmissionService:
                 await self._log.set_status(run_id, "queued")
                 await self._policies.interrupt(admission.running)
             except BaseException:
-                self._runs.release(run_id)
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await self._policies.abandon(run_id)
-                    await self._policies.forget_refused(run_id)
+                try:
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await self._policies.abandon(run_id)
+                        await self._policies.forget_refused(run_id)
+                finally:
+                    self._runs.release(run_id)
                 raise
             load = partial(self._queued_history, tenant=tenant)
             self._runs.start(actor, before=partial(self._policies.wait_turn, actor, load))

@@ -49,7 +49,7 @@ def sent_text(replay: ReplayProvider, run_id: str) -> str:
 async def node(redis_url: str, key_prefix: str, data_dir: Path, store: Path,
                **more: object) -> AsyncIterator[tuple[CodyRuntime, ReplayProvider]]:
     """One runtime; several on one prefix and one store file are several nodes."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     replay = ReplayProvider(LIBRARY, delay_s=float(more.pop("replay_delay_s", 0.0)))  # type: ignore[arg-type]
     async with runtime_for(redis_url, key_prefix, data_dir, store_path=store,
                            providers={"openai": replay, "anthropic": replay},
@@ -78,7 +78,7 @@ async def test_the_lua_scripts_decide_as_the_reference_model(redis_url: str,
                         got = await policies.admit(run_id, thread_id, strategy)  # type: ignore[arg-type]
                         assert got == model.admit(run_id, "n1", strategy)  # type: ignore[arg-type]
                     else:
-                        run_id = rnd.choice(sorted(model.nodes) + ["gone"])
+                        run_id = rnd.choice([*sorted(model.nodes), "gone"])
                         promoted = await policies.release_on(thread_id, run_id)
                         assert promoted == model.release(run_id)
 
@@ -316,7 +316,7 @@ async def test_a_queue_behind_a_dead_nodes_run_moves_on(redis_url: str, key_pref
     with trio.fail_after(30):
         async with node(redis_url, key_prefix, tmp_path, tmp_path / "cody.db",
                         janitor_interval_s=0.2, lease_ttl_s=1) as (rt, _):
-            dead = ThreadPolicies(rt.log._w, rt.log.keys, node_id="dead-node",  # noqa: SLF001
+            dead = ThreadPolicies(rt.log._w, rt.log.keys, node_id="dead-node",
                                   find_actor=lambda _: None)
             await rt.log.put_meta(dead_run, {"thread_id": thread, "turn_id": str(uuid.uuid4()),
                                              "status": "in_progress", "node": "dead-node",
@@ -330,4 +330,4 @@ async def test_a_queue_behind_a_dead_nodes_run_moves_on(redis_url: str, key_pref
             assert orphan.error.code == "RUN_ORPHANED"
             assert (await ended(rt, queued.run_id)).status == "complete"
             runs, running, queue, _ = rt.log.keys.thread_keys(thread)
-            assert await rt.log._w.exists([runs, running, queue]) == 0  # noqa: SLF001
+            assert await rt.log._w.exists([runs, running, queue]) == 0

@@ -80,8 +80,9 @@ def test_records_round_trip(state: str, fp: str, token: str) -> None:
     assert Record.decode(rec.encode()) == rec
 
 
-@pytest.mark.parametrize("raw", ["", "[]", "{}", '{"state": "done", "fingerprint": "f", '
-                                 '"token": "t"}', '{"state": "x", "fingerprint": "f", "token": "t"}'])
+@pytest.mark.parametrize("raw", [
+    "", "[]", "{}", '{"state": "done", "fingerprint": "f", "token": "t"}',
+    '{"state": "x", "fingerprint": "f", "token": "t"}'])
 def test_foreign_values_are_not_records(raw: str) -> None:
     with pytest.raises(ValueError):
         Record.decode(raw)

@@ -58,7 +58,7 @@ def play(sequence: list[tuple[str, object]]) -> tuple[ThreadState, list[str]]:
 @settings(max_examples=300)
 @given(ops)
 def test_invariants_hold_for_any_sequence(sequence: list[tuple[str, object]]) -> None:
-    state, started = play(sequence)
+    _, started = play(sequence)
     assert len(started) == len(set(started)), "no run starts twice"
 
 
@@ -129,8 +129,8 @@ def test_parsing_the_scripts_replies() -> None:
 def response(rid: str, status: str, items: tuple[object, ...],
              finish_reason: str | None = None) -> Response:
     return Response(id=rid, turn_id="t", thread_id="th", model_id="m", provider_id="openai",
-                    created_at=1, updated_at=1, status=status,  # type: ignore[arg-type]
-                    output_items=items, finish_reason=finish_reason)  # type: ignore[arg-type]
+                    created_at=1, updated_at=1, status=status,
+                    output_items=items, finish_reason=finish_reason)
 
 
 def test_history_keeps_complete_turns_and_the_finished_part_of_interrupted_ones() -> None:
