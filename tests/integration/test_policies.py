@@ -307,7 +307,6 @@ async def test_a_turn_queued_on_another_node_starts_when_the_first_ends(
             assert r.status_code == 200
 
 
-@TCP_ONLY
 async def test_a_queue_behind_a_dead_nodes_run_moves_on(redis_url: str, key_prefix: str,
                                                         tmp_path: Path) -> None:
     """A run of a node that died holds the thread; the janitor ends it RUN_ORPHANED, which
@@ -331,3 +330,34 @@ async def test_a_queue_behind_a_dead_nodes_run_moves_on(redis_url: str, key_pref
             assert (await ended(rt, queued.run_id)).status == "complete"
             runs, running, queue, _ = rt.log.keys.thread_keys(thread)
             assert await rt.log._w.exists([runs, running, queue]) == 0
+
+
+@TCP_ONLY
+async def test_a_queued_run_of_a_dead_node_does_not_stall_the_queue(
+        redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    """Queued behind a live turn: a run of a node that died, then a live one. Nobody will
+    start the dead run; the janitor ends it, queued or promoted (its start and RUN_ORPHANED
+    together, so its readers get an ending), which takes it off the thread, and the last one
+    runs."""
+    dead_run = str(uuid.uuid4())
+    with trio.fail_after(30):
+        async with node(redis_url, key_prefix, tmp_path, tmp_path / "cody.db",
+                        replay_delay_s=0.02, janitor_interval_s=0.2,
+                        lease_ttl_s=1) as (rt, _):
+            first = await rt.submission.submit(TurnRequest.model_validate(body()))
+            dead = ThreadPolicies(rt.log._w, rt.log.keys, node_id="dead-node",
+                                  find_actor=lambda _: None)
+            await rt.log.put_meta(dead_run, {
+                "thread_id": first.thread_id, "turn_id": str(uuid.uuid4()), "status": "queued",
+                "node": "dead-node", "provider_id": "openai", "model_id": "gpt-5-mini",
+                "created_at": 1})
+            assert (await dead.admit(dead_run, first.thread_id, "enqueue")).position == 1
+            last = await rt.submission.submit(TurnRequest.model_validate(body(
+                thread_id=first.thread_id, multitask_strategy="enqueue")))
+            assert (await rt.reading.get_response(dead_run)).status == "queued"
+            reader = await rt.reading.open_reader(dead_run, None)  # waits, no 404
+            assert reader is not None
+            orphan = events_of(await read_all(rt, dead_run))
+            assert [e.type for e in orphan] == ["response_start", "response_error"]
+            assert (await ended(rt, first.run_id)).status == "complete"
+            assert (await ended(rt, last.run_id)).status == "complete"
