@@ -14,13 +14,13 @@ from typing import Any, TextIO
 import httpx
 import trio
 
+from runtime.auth import check_bind
 from runtime.config import RuntimeConfig
+from runtime.errors import ValidationFailed
 from runtime.sse import SSEDecoder
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from api.server import serve
-
     overrides: dict[str, object] = {}
     if args.host:
         overrides["host"] = args.host
@@ -43,6 +43,13 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = RuntimeConfig.from_env(None, **overrides)
+    try:  # before the server's imports: a refused bind says so at once
+        check_bind(config.host, has_keys=bool(config.api_keys), insecure=config.insecure)
+    except ValidationFailed as exc:
+        print(f"cody: fatal: {exc}", file=sys.stderr, flush=True)
+        return 1
+    from api.server import serve
+
     try:
         trio.run(serve, config)
     except (Exception, BaseExceptionGroup) as exc:

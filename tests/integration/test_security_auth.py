@@ -167,11 +167,6 @@ async def test_tenants_and_tokens(tmp_path: Path) -> None:
                 [sys.executable, "-m", "api.cli", "run", "hi", "--server", served.base_url],
                 cwd=ROOT, env=env, capture_stdout=True, capture_stderr=True, check=False)
             assert done.returncode == 0, done.stderr
-            env.pop("CODY_API_KEY")
-            done = await trio.run_process(
-                [sys.executable, "-m", "api.cli", "run", "hi", "--server", served.base_url],
-                cwd=ROOT, env=env, capture_stdout=True, capture_stderr=True, check=False)
-            assert done.returncode == 2 and b"401" in done.stderr
 
 
 async def test_workers_on_one_data_dir_share_the_events_secret(tmp_path: Path) -> None:
