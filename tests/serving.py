@@ -5,7 +5,7 @@ without the cost of a subprocess."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,3 +65,16 @@ async def serving(data_dir: Path, *, redis_url: str | None = TCP_REDIS_URL,
                     keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
                     if keys:
                         await client.delete(keys)
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool] | bool], limit_s: float,
+                     poll_s: float = 0.02) -> None:
+    """Wait until ``predicate()`` holds (polled), failing after ``limit_s``."""
+    with trio.fail_after(limit_s):
+        while True:
+            result = predicate()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await trio.sleep(poll_s)

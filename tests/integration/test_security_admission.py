@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.serving import serving
+from tests.serving import eventually, serving
 
 LONG = "Write a very long essay about streams."
 ACME, GLOBEX = "tok-acme-0123456789abcdef", "tok-globex-0123456789abcdef"
@@ -26,10 +26,11 @@ def _overloaded(r: httpx.Response, setting: str) -> None:
 
 
 async def _ended(client: httpx.AsyncClient, run_id: str) -> None:
-    with trio.fail_after(15):
-        while (await client.get(f"/api/v2/runs/{run_id}")).json()["status"] in (
-                "queued", "in_progress"):
-            await trio.sleep(0.02)
+    async def ended() -> bool:
+        status = (await client.get(f"/api/v2/runs/{run_id}")).json()["status"]
+        return status not in ("queued", "in_progress")
+
+    await eventually(ended, 15)
 
 
 async def test_node_limits_live_runs_sse_clients_and_body(tmp_path: Path) -> None:
@@ -50,9 +51,7 @@ async def test_node_limits_live_runs_sse_clients_and_body(tmp_path: Path) -> Non
                 async for _ in first.aiter_bytes():
                     break
                 _overloaded(await client.get(runs[1]["events_url"]), "CODY_MAX_SSE_CLIENTS")
-            with trio.fail_after(5):
-                while served.runtime.admission.sse_clients:
-                    await trio.sleep(0.01)
+            await eventually(lambda: served.runtime.admission.sse_clients == 0, 5)
             await client.post(f"/api/v2/runs/{runs[0]['run_id']}/cancel")
             r = await client.post("/api/v2/runs", json={"prompt": "hi"})
             assert r.status_code == 202, r.text  # a slot came free
@@ -104,7 +103,8 @@ async def test_tenant_runs_are_counted_across_nodes(tmp_path: Path) -> None:
                                             now_ms=int(time.time() * 1000), ttl_ms=1000)
             _overloaded(await acme_b.post("/api/v2/runs", json={"prompt": "hi"}),
                         "CODY_MAX_TENANT_RUNS")
-            with trio.fail_after(3):
-                while (await acme_b.post("/api/v2/runs", json={"prompt": "hi"})
-                       ).status_code != 202:
-                    await trio.sleep(0.05)
+            async def admitted() -> bool:
+                r = await acme_b.post("/api/v2/runs", json={"prompt": "hi"})
+                return r.status_code == 202
+
+            await eventually(admitted, 3, 0.05)

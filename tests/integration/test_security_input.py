@@ -18,7 +18,7 @@ from actors.reading import check_cursor
 from api.bodies import json_depth_exceeds
 from runtime.errors import ValidationFailed
 from runtime.ids import canonical_uuid
-from tests.serving import Served, serving
+from tests.serving import Served, eventually, serving
 
 JSON = {"Content-Type": "application/json"}
 
@@ -186,12 +186,11 @@ async def test_data_dir_is_private(tmp_path: Path) -> None:
             async with serving(data, redis_url=None, replay_record_requests=True) as served, \
                     served.client() as client:
                 accepted = await _submit(client)
-                with trio.fail_after(15):
-                    while (await client.get(f"/api/v2/runs/{accepted['run_id']}")
-                           ).json()["status"] not in ("complete", "error"):
-                        await trio.sleep(0.05)
-                    while await served.runtime.store.get_response(accepted["run_id"]) is None:
-                        await trio.sleep(0.05)
+                async def stored() -> bool:
+                    resp = await served.runtime.store.get_response(accepted["run_id"])
+                    return resp is not None and resp.status == "complete"
+
+                await eventually(stored, 15, 0.05)
                 assert _mode(data) == 0o700
                 found = {p.relative_to(data).as_posix(): _mode(p) for p in data.rglob("*")
                          if not p.is_socket()}
@@ -218,8 +217,11 @@ def _raw_sse(port: int, path: str) -> socket.socket:
 
 async def _run_ended(served: Served, run_id: str) -> None:
     async with served.client() as client:
-        while (await client.get(f"/api/v2/runs/{run_id}")).json()["status"] == "in_progress":
-            await trio.sleep(0.05)
+        async def ended() -> bool:
+            r = await client.get(f"/api/v2/runs/{run_id}")
+            return bool(r.json()["status"] != "in_progress")
+
+        await eventually(ended, 20, 0.05)
 
 
 @pytest.mark.parametrize("timeout_s", [0.0, 1.0], ids=["no-timeout", "timeout-1s"])
@@ -233,14 +235,11 @@ async def test_a_client_that_reads_nothing_is_dropped(tmp_path: Path, timeout_s:
             port = int(served.base_url.rsplit(":", 1)[1])
             sock = _raw_sse(port, accepted["events_url"])
             try:
-                with trio.fail_after(20):
-                    while served.runtime.admission.sse_clients < 1:
-                        await trio.sleep(0.01)
-                    await _run_ended(served, accepted["run_id"])
+                await eventually(lambda: served.runtime.admission.sse_clients >= 1, 10)
+                await _run_ended(served, accepted["run_id"])
                 ended = time.monotonic()
                 with trio.move_on_after(timeout_s + 2.5 if timeout_s else 3.0):
-                    while served.runtime.admission.sse_clients > 0:
-                        await trio.sleep(0.05)
+                    await eventually(lambda: served.runtime.admission.sse_clients == 0, 10)
                 open_after = served.runtime.admission.sse_clients
                 dropped_s = time.monotonic() - ended
                 if timeout_s:
