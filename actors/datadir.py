@@ -2,9 +2,11 @@
 
 It holds prompts and answers (``cody.db``, the Redis AOF, ``replay-requests.jsonl``) and the
 events secret, so nobody but the server's user may read it. The dir is created (or
-tightened) 0700 and what is already in it 0600 (0700 for folders), which also fixes a data
-dir made by an older version; files the server creates later are created 0600 by
-:func:`private_open` (and the embedded redis-server runs under umask 077). The server
+tightened) 0700, and what the server keeps in it (:data:`OWN_NAMES`, the AOF folder with
+everything in it) is tightened to 0600 (0700 for folders), which also fixes a data dir made
+by an older version. Other files are left alone: a data dir pointed at a folder that holds
+anything else must not have it all chmodded. Files the server creates later are created 0600
+by :func:`private_open` (and the embedded redis-server runs under umask 077). The server
 never changes the process-wide umask itself: other code in the process is not its business.
 """
 
@@ -20,6 +22,10 @@ from typing import IO, Any
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 EVENTS_SECRET_NAME = "events-secret"
+OWN_NAMES = frozenset({"cody.db", "cody.db-wal", "cody.db-shm", "cody.db-journal",
+                       "appendonlydir", "appendonly.aof", "dump.rdb", "redis.log",
+                       "replay-requests.jsonl", EVENTS_SECRET_NAME})
+"""What the server keeps in its data dir (runtime/redis_server.py, runtime/store/sqlite.py)."""
 
 
 def secure_data_dir(path: Path, *, precreate: tuple[Path, ...] = ()) -> None:
@@ -28,11 +34,17 @@ def secure_data_dir(path: Path, *, precreate: tuple[Path, ...] = ()) -> None:
     and 0600 if missing: SQLite gives its -wal and -shm files the database file's mode."""
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     os.chmod(path, DIR_MODE)
-    for root, dirs, files in os.walk(path):
-        for name in dirs:
-            _chmod(Path(root, name), DIR_MODE)
-        for name in files:
-            _chmod(Path(root, name), FILE_MODE)
+    for name in OWN_NAMES:
+        own = path / name
+        if own.is_dir() and not own.is_symlink():
+            _chmod(own, DIR_MODE)
+            for root, dirs, files in os.walk(own):
+                for d in dirs:
+                    _chmod(Path(root, d), DIR_MODE)
+                for f in files:
+                    _chmod(Path(root, f), FILE_MODE)
+        else:
+            _chmod(own, FILE_MODE)
     for file in precreate:
         os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                          FILE_MODE))

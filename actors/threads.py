@@ -17,6 +17,8 @@ from runtime.store import DEFAULT_TENANT, Store, Thread
 
 MAX_PAGE = 500
 """The most threads one listing returns."""
+MAX_OFFSET = 1_000_000_000
+"""-- security: past this an offset would overflow the engines' integers (a 500)."""
 
 
 class ThreadService:
@@ -33,9 +35,11 @@ class ThreadService:
         """Raises:
             ValidationFailed: ``limit`` is not 1..:data:`MAX_PAGE`, or ``offset`` is negative.
         """
-        if not 1 <= limit <= MAX_PAGE or offset < 0:
-            raise ValidationFailed(f"limit: must be 1..{MAX_PAGE} and offset >= 0",
-                                   details={"field": "limit"})
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationFailed(f"limit: must be 1..{MAX_PAGE}", details={"field": "limit"})
+        if not 0 <= offset <= MAX_OFFSET:
+            raise ValidationFailed(f"offset: must be 0..{MAX_OFFSET}",
+                                   details={"field": "offset"})
         return await self._store.list_threads(limit=limit, offset=offset, tenant=tenant)
 
     async def with_runs(self, thread_id: str, *, tenant: str = DEFAULT_TENANT

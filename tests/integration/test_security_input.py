@@ -119,6 +119,12 @@ async def test_bodies_media_type_ids_and_cursors(tmp_path: Path) -> None:
             r = await client.get("/api/v2/runs", params={"cursor": "r1.WzEwMDAwMDAwMDAwMD"
                                                          "AwMDAwMDAwMDAwMCwiYSJd"})
             assert r.status_code in (400, 405), r.text  # 405 until the listing route exists
+            for query, field in (("offset=" + "9" * 30, "offset"), ("offset=-1", "offset"),
+                                 ("limit=" + "9" * 30, "limit"), ("limit=" + "9" * 5000,
+                                                                  "limit")):
+                r = await client.get(f"/api/v2/threads?{query}")
+                assert r.status_code == 400, (query[:20], r.text)
+                assert r.json()["error"]["details"]["field"] == field
             await client.post(f"/api/v2/runs/{live['run_id']}/cancel")
             assert (await client.get("/health")).status_code == 200
 
@@ -177,9 +183,12 @@ async def test_data_dir_is_private(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     os.chmod(data, 0o755)
-    old = data / "left-by-an-old-version.jsonl"
-    old.write_text("{}\n")
+    old = data / "replay-requests.jsonl"  # left by an older version
+    old.write_text("")
     os.chmod(old, 0o644)
+    other = data / "not-ours.txt"  # a file the server did not make is left alone
+    other.write_text("x")
+    os.chmod(other, 0o644)
     old_umask = os.umask(0o022)  # what a user's shell has
     try:
         with trio.fail_after(40):
@@ -194,8 +203,8 @@ async def test_data_dir_is_private(tmp_path: Path) -> None:
                 assert _mode(data) == 0o700
                 found = {p.relative_to(data).as_posix(): _mode(p) for p in data.rglob("*")
                          if not p.is_socket()}
-                for name in ("cody.db", "replay-requests.jsonl", "redis.log", "events-secret",
-                             "left-by-an-old-version.jsonl"):
+                assert found.pop("not-ours.txt") == 0o644
+                for name in ("cody.db", "replay-requests.jsonl", "redis.log", "events-secret"):
                     assert name in found, sorted(found)
                 assert any("appendonly" in n for n in found), sorted(found)
                 loose = {n: oct(m) for n, m in found.items()
