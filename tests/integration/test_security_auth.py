@@ -182,3 +182,19 @@ async def test_workers_on_one_data_dir_share_the_events_secret(tmp_path: Path) -
             assert not (tmp_path / "set" / "events-secret").exists()
             async with httpx.AsyncClient(base_url=four.base_url) as c:
                 assert (await c.get("/health")).status_code == 200
+
+
+def test_openapi_describes_the_security() -> None:
+    from api.openapi import openapi_document
+
+    doc = openapi_document()
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        **doc["components"]["securitySchemes"]["bearer"], "type": "http", "scheme": "bearer"}
+    assert doc["security"] == [{"bearer": []}]
+    submit = doc["paths"]["/api/v2/runs"]["post"]["responses"]
+    assert {"401", "403", "415", "429"} <= set(submit)
+    events = doc["paths"]["/api/v2/runs/{run_id}/events"]["get"]
+    assert {"bearer": []} in events["security"] and {"eventsToken": []} in events["security"]
+    assert "token" in {p["name"] for p in events["parameters"]}
+    assert doc["paths"]["/api/v2/health"]["get"]["security"] == []
+    assert "401" in doc["paths"]["/api/v2/threads/{thread_id}"]["delete"]["responses"]
