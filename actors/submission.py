@@ -27,6 +27,7 @@ from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
 from runtime.errors import (
     Conflict,
     InvalidModel,
+    Overloaded,
     ProviderNotConfigured,
     UnknownProvider,
     ValidationFailed,
@@ -178,6 +179,11 @@ class SubmissionService:
                          clock=self._clock, limits=RunLimits.from_config(cfg),
                          subscriber_buffer=cfg.subscriber_buffer)
         await self._admission.acquire(tenant, run_id)
+        try:  # again, with no await until reserve: exact under a burst of submits
+            self._admission.check_node()
+        except Overloaded:
+            await self._admission.release(run_id)
+            raise
         self._runs.reserve(actor)
         try:
             await self._log.put_meta(run_id, {"thread_id": thread_id, "turn_id": turn_id,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -38,11 +39,20 @@ async def test_node_limits_live_runs_sse_clients_and_body(tmp_path: Path) -> Non
         async with serving(tmp_path / "data", max_live_runs=2, max_sse_clients=1,
                            max_body_bytes=2048, replay_delay_s=0.01) as served, \
                 served.client() as client:
-            runs = []
-            for _ in range(2):
-                r = await client.post("/api/v2/runs", json={"prompt": LONG})
-                assert r.status_code == 202
-                runs.append(r.json())
+            # a burst of ten: exactly two get in
+            answers: list[httpx.Response] = []
+
+            async def submit() -> None:
+                answers.append(await client.post("/api/v2/runs", json={"prompt": LONG}))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(submit)
+            runs = [r.json() for r in answers if r.status_code == 202]
+            assert len(runs) == 2, [r.status_code for r in answers]
+            for r in answers:
+                if r.status_code != 202:
+                    _overloaded(r, "CODY_MAX_LIVE_RUNS")
             _overloaded(await client.post("/api/v2/runs", json={"prompt": "hi"}),
                         "CODY_MAX_LIVE_RUNS")
             # one stream open: a second one is refused, and is welcome once the first closes
@@ -61,6 +71,17 @@ async def test_node_limits_live_runs_sse_clients_and_body(tmp_path: Path) -> Non
             # the body limit
             r = await client.post("/api/v2/runs", json={"prompt": "x" * 4096})
             assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+            async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+                yield b'{"prompt": "'
+                for _ in range(8):
+                    yield b"x" * 1024
+                yield b'"}'
+
+            async with served.client() as fresh:
+                r = await fresh.post("/api/v2/runs", content=chunks(), headers={
+                    "Content-Type": "application/json"})
+            assert r.status_code == 413, r.text
             assert served.runtime.admission.sse_clients == 0
 
 
