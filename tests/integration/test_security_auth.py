@@ -29,6 +29,18 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def test_keys_from_a_file(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"# who may call\nacme:{ACME}\n")
+    config = RuntimeConfig.from_env({"CODY_API_KEYS_FILE": str(keys),
+                                     "CODY_API_KEYS": f"globex:{GLOBEX}"})
+    assert set(config.api_keys) == set(KEYS)
+    with pytest.raises(ValidationFailed, match="CODY_API_KEYS_FILE: cannot read"):
+        RuntimeConfig.from_env({"CODY_API_KEYS_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ValidationFailed, match="is a secret"):
+        RuntimeConfig.from_env({"CODY_EXEC_ENV_ALLOW": "CODY_EVENTS_SECRET"})
+
+
 def test_keys_parse_and_tokens_compare() -> None:
     assert parse_api_keys(f"acme:{ACME}, globex:{GLOBEX}", "X") == KEYS
     assert parse_api_keys(f"# tenants\nacme:{ACME}\n\nglobex:{GLOBEX}\n", "X") == KEYS
