@@ -1,6 +1,5 @@
 """End-to-end fixtures: a real ``cody serve`` process per test (or per module), on a free TCP
-port, against the
-real Redis on 127.0.0.1:6379 with its own key prefix and its own data dir.
+port, against the real Redis on 127.0.0.1:6379 with its own key prefix and its own data dir.
 
 ``server`` runs each test twice: in replay mode, and in live mode with the real provider
 clients pointed at the fake provider server (tests/fake_provider.py), which streams the same
