@@ -102,6 +102,11 @@ async def test_tenant_runs_are_counted_across_nodes(tmp_path: Path) -> None:
                         "CODY_MAX_TENANT_RUNS")
             assert (await globex_b.post("/api/v2/runs", json={"prompt": "hi"})
                     ).status_code == 202  # another tenant has its own slots
+            # node b knows the run only from Redis: its owner reads it, another tenant gets 404
+            assert (await acme_b.get(f"/api/v2/runs/{long_run}")).status_code == 200
+            assert (await globex_b.get(f"/api/v2/runs/{long_run}")).status_code == 404
+            assert (await globex_b.get(f"/api/v2/runs/{long_run}/events")).status_code == 404
+            assert (await globex_b.post(f"/api/v2/runs/{long_run}/cancel")).status_code == 404
             # node a keeps its run's slot past the 1 s lease while the run lives
             await trio.sleep(1.6)
             assert (await acme_a.get(f"/api/v2/runs/{long_run}")).json()["status"] == \

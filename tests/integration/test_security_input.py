@@ -43,6 +43,15 @@ def test_canonical_uuid_and_cursor_ranges() -> None:
             check_cursor(bad)
 
 
+def test_listing_cursors_are_range_checked() -> None:
+    from runtime.store.protocol import decode_cursor, encode_cursor
+
+    assert decode_cursor(encode_cursor(1_700_000_000_000, "r")) == (1_700_000_000_000, "r")
+    for created_at in (2**63, 10**20, -1):
+        with pytest.raises(ValidationFailed):
+            decode_cursor(encode_cursor(created_at, "r"))
+
+
 async def _submit(client: httpx.AsyncClient, **body: object) -> dict[str, str]:
     r = await client.post("/api/v2/runs", json={"prompt": "hi", **body})
     assert r.status_code == 202, r.text
