@@ -56,7 +56,7 @@ def openapi_document() -> dict[str, Any]:
         "requestBody": {"required": True, "content": _json_content(_ref("TurnRequest"))},
         "responses": {"202": {"description": "Accepted",
                               "content": _json_content(_ref("TurnAccepted"))},
-                      **_errors(400, 409, 413, 503)},
+                      **_errors(400, 404, 409, 413, 503)},
     }
     # -- security: who may call what (the descriptions above; README, Security)
     open_routes = {"/api/v2/health", "/api/v2/ready"}

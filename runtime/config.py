@@ -7,6 +7,7 @@ tests build configs directly, each with its own key prefix and data dir.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
@@ -274,6 +275,10 @@ class RuntimeConfig(BaseModel):
 # -- security
 
 
+_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+"""A tenant name is part of Redis keys (``{tenant}`` a hash tag) and of events tokens."""
+
+
 def parse_api_keys(text: str, source: str) -> tuple[tuple[str, str], ...]:
     """``tenant:token`` pairs, comma- or line-separated (blank lines and ``#`` comments
     skipped). A token maps to one tenant; a tenant may have several tokens."""
@@ -287,6 +292,9 @@ def parse_api_keys(text: str, source: str) -> tuple[tuple[str, str], ...]:
         tenant, token = tenant.strip(), token.strip()
         if not sep or not tenant or not token:  # never echo the entry: it may be a token
             raise ValidationFailed(f"{source}: entry {n} is not tenant:token",
+                                   details={"field": source})
+        if not _TENANT.match(tenant):
+            raise ValidationFailed(f"{source}: entry {n}: a tenant is 1-64 of A-Z a-z 0-9 _ . -",
                                    details={"field": source})
         if len(token) < 16:
             raise ValidationFailed(f"{source}: the token of tenant {tenant!r} is shorter than "

@@ -44,7 +44,8 @@ def test_keys_from_a_file(tmp_path: Path) -> None:
 def test_keys_parse_and_tokens_compare() -> None:
     assert parse_api_keys(f"acme:{ACME}, globex:{GLOBEX}", "X") == KEYS
     assert parse_api_keys(f"# tenants\nacme:{ACME}\n\nglobex:{GLOBEX}\n", "X") == KEYS
-    for bad in ("acme", f":{ACME}", "acme:short", f"a:{ACME},b:{ACME}"):
+    for bad in ("acme", f":{ACME}", "acme:short", f"a:{ACME},b:{ACME}", f"a{{b}}:{ACME}",
+                f"a b:{ACME}"):
         with pytest.raises(ValidationFailed) as info:
             parse_api_keys(bad, "CODY_API_KEYS")
         assert ACME not in info.value.message
