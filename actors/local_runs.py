@@ -88,13 +88,16 @@ class LocalRuns:
         self.actors.pop(run_id, None)
 
     def start(self, actor: RunActor,
+              on_end: Callable[[], Awaitable[None]] | None = None,
               before: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Run ``actor`` in the runs nursery; ``before`` (a queued run's wait for its turn,
-        ``actors/thread_policies.py``) runs first, and must not raise."""
+        """Run ``actor``; ``before`` first (a queued run's wait for its turn,
+        ``actors/thread_policies.py``; it must not raise), ``on_end`` (shielded: it must
+        bound itself) once it is gone."""
         self.stats.runs_started += 1
-        self._nursery.start_soon(self._run, actor, before)
+        self._nursery.start_soon(self._run, actor, on_end, before)
 
     async def _run(self, actor: RunActor,
+                   on_end: Callable[[], Awaitable[None]] | None = None,
                    before: Callable[[], Awaitable[None]] | None = None) -> None:
         try:
             if before is not None:
@@ -106,6 +109,9 @@ class LocalRuns:
                 self.recent.add(snap)
             self.release(actor.run_id)
             self.stats.runs_finished += 1
+            if on_end is not None:
+                with trio.CancelScope(shield=True):
+                    await on_end()
 
     def recent_on(self, thread_id: str) -> list[Response]:
         return [r for r in self.recent.responses.values() if r.thread_id == thread_id]

@@ -8,7 +8,8 @@ It owns the policy of a submit, in this order: nothing is accepted while drainin
 actor (provider, tools, limits, the log it writes through), records the run's metadata, asks
 the thread policies whether it may start (``actors/thread_policies.py``: start, ``409
 THREAD_BUSY``, or queued behind the running turn, interrupting it for ``interrupt``) and
-starts it in the runs nursery (a queued one first waits there for its turn).
+starts it in the runs nursery (a queued one first waits there for its turn; it holds its
+admission slot while it waits).
 
 With an ``Idempotency-Key`` (:meth:`SubmissionService.submit_idempotent`) a submit happens at
 most once per key and body (``actors/idempotency.py``).
@@ -21,6 +22,7 @@ from functools import partial
 
 import trio
 
+from actors.admission import Admission
 from actors.idempotency import IdempotencyRecords
 from actors.local_runs import LocalRuns, freshest
 from actors.providers.provider import ModelProvider
@@ -34,6 +36,7 @@ from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
 from runtime.errors import (
     Conflict,
     InvalidModel,
+    Overloaded,
     ProviderNotConfigured,
     ThreadBusy,
     UnknownProvider,
@@ -78,7 +81,8 @@ class SubmissionService:
     def __init__(self, config: RuntimeConfig, *, runs: LocalRuns, log_: EventLog,
                  store: Store, providers: dict[str, ModelProvider], clock: WallClock,
                  node_id: str, actor_log: ActorLog, reading: ReadingService,
-                 policies: ThreadPolicies, idempotency: IdempotencyRecords) -> None:
+                 policies: ThreadPolicies, idempotency: IdempotencyRecords,
+                 admission: Admission | None = None) -> None:
         self._config = config
         self._runs = runs
         self._log = log_
@@ -90,6 +94,7 @@ class SubmissionService:
         self._reading = reading
         self._policies = policies
         self._idempotency = idempotency
+        self._admission = admission or Admission(config, log_=log_, runs=runs, clock=clock)
 
     # ------------------------------------------------------------------ policy
 
@@ -139,8 +144,10 @@ class SubmissionService:
         return tools
 
     async def _check_new(self, run_id: str) -> None:
+        """Whoever's it is: an id another tenant used must not start a second run on the same
+        Redis keys (it is refused as taken; nothing of that run is shown)."""
         if run_id in self._runs or await self._log.run_exists(run_id) or \
-                await self._store.get_response(run_id) is not None:
+                await self._store.response_tenant(run_id) is not None:
             raise Conflict(f"run {run_id} already exists", details={"field": "run_id"})
 
     async def history(self, thread_id: str, *, tenant: str = DEFAULT_TENANT,
@@ -179,11 +186,13 @@ class SubmissionService:
             req, key, tenant=tenant, submit=partial(self.submit, tenant=tenant))
 
     async def submit(self, req: TurnRequest, *, tenant: str = DEFAULT_TENANT) -> TurnAccepted:
-        """Raises:
+        """Raises (besides the policy errors above):
+            NotFound: ``thread_id`` is another tenant's.
+            Overloaded: a node or tenant admission limit is reached (actors/admission.py).
             ThreadBusy: ``multitask_strategy`` reject, and the thread has a turn running.
-            ...: see the module docstring.
         """
         self._runs.check_accepting()
+        self._admission.check_node()
         provider_id, model_id = self.resolve_model(req)
         provider = self._provider_for(provider_id)
         tools = self._tools_for(req)
@@ -214,32 +223,42 @@ class SubmissionService:
         actor = RunActor(spec, log_=self._actor_log, provider=provider, tools=runner,
                          clock=self._clock, limits=RunLimits.from_config(cfg),
                          subscriber_buffer=cfg.subscriber_buffer)
+        await self._admission.acquire(tenant, run_id)
+        try:  # again, with no await until reserve: exact under a burst of submits
+            self._admission.check_node()
+        except Overloaded:
+            await self._admission.release(run_id)
+            raise
         self._runs.reserve(actor)
         try:
             await self._log.put_meta(run_id, {"thread_id": thread_id, "turn_id": turn_id,
                                               "status": "in_progress", "node": self._node_id,
                                               "provider_id": provider_id, "model_id": model_id,
+                                              "tenant": tenant,
                                               "created_at": self._clock.now_ms()})
-            admission = await self._policies.admit(
+            policy = await self._policies.admit(
                 run_id, thread_id, req.multitask_strategy or cfg.multitask_strategy)
         except BaseException:
             self._runs.release(run_id)
+            await self._admission.release(run_id)
             raise
-        if admission.decision == "busy":
+        if policy.decision == "busy":
             # its trace goes first: while it is registered and not local, a janitor would
             # end it as an orphan
             try:
                 await self._policies.forget_refused(run_id)
             finally:
                 self._runs.release(run_id)
-            running = [r for r, _ in admission.running]
+                await self._admission.release(run_id)
+            running = [r for r, _ in policy.running]
             raise ThreadBusy(f"thread {thread_id} has a turn running ({', '.join(running)}); "
                              f"send it later, or with multitask_strategy enqueue or interrupt",
                              details={"field": "thread_id", "running": running})
-        if admission.waits:
+        before = None
+        if policy.waits:
             try:
                 await self._log.set_status(run_id, "queued")
-                await self._policies.interrupt(admission.running)
+                await self._policies.interrupt(policy.running)
             except BaseException:
                 try:
                     with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -247,29 +266,30 @@ class SubmissionService:
                         await self._policies.forget_refused(run_id)
                 finally:
                     self._runs.release(run_id)
+                    await self._admission.release(run_id)
                 raise
             load = partial(self._queued_history, tenant=tenant)
-            self._runs.start(actor, before=partial(self._policies.wait_turn, actor, load))
-        else:
-            self._runs.start(actor)
+            before = partial(self._policies.wait_turn, actor, load)
+        self._runs.start(actor, on_end=lambda: self._admission.release(run_id), before=before)
         return TurnAccepted(run_id=run_id, thread_id=thread_id, turn_id=turn_id,
                             events_url=f"/api/v2/runs/{run_id}/events",
-                            status="queued" if admission.waits else "in_progress")
+                            status="queued" if policy.waits else "in_progress")
 
     async def _queued_history(self, thread_id: str, ended: Sequence[str], *,
                               tenant: str = DEFAULT_TENANT) -> tuple[OutputItem, ...]:
         return tuple(await self.history(thread_id, tenant=tenant, ended=ended))
 
-    async def cancel(self, run_id: str) -> Response:
+    async def cancel(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> Response:
         """Idempotent: a live run here ends ``aborted`` (waited for, up to
         :data:`CANCEL_WAIT_S`); any run answers with its Response as it then is.
 
         Raises:
-            NotFound: no such run.
+            NotFound: no such run (or another tenant's).
         """
+        await self._reading.check_owner(run_id, tenant)
         actor = self._runs.get(run_id)
         if actor is not None:
             actor.cancel()
             with trio.move_on_after(CANCEL_WAIT_S):
                 await actor.finished.wait()
-        return await self._reading.get_response(run_id)
+        return await self._reading.get_response(run_id, tenant=tenant)

@@ -128,6 +128,14 @@ class Keys:
         digest = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()[:32]
         return f"{self.prefix}:idem:{{{digest}}}"
 
+    # -- security: admission
+
+    def tenant_runs(self, tenant: str) -> str:
+        """A tenant's running runs, across nodes: a sorted set of run ids scored by the time
+        (ms) their slot expires unless its node refreshes it, so a dead node's runs free their
+        slots by themselves (README, Security: admission)."""
+        return f"{self.prefix}:tenant:{{{tenant}}}:runs"
+
     # ------------------------------------------------------------------ before sharding
 
     @property
