@@ -111,7 +111,14 @@ class ReadingService:
                             agent_id=spec.agent_id, model_id=spec.model_id,
                             provider_id=spec.provider_id, created_at=now, updated_at=now,
                             status="queued")
-        if (meta := await self._unstarted_meta(run_id)) is not None:  # -- policies
+        meta = await self._accepted_meta(run_id)  # -- policies: a run queued on any node
+        if meta is not None and meta.get("status") in TERMINAL_STATUSES:
+            # it ended between the reads above (the janitor ends an unstarted run with its
+            # start): its stream has it now
+            rebuilt = await self.rebuild(run_id)
+            if rebuilt is not None:
+                return rebuilt
+        elif meta is not None:
             created = int(meta["created_at"]) if meta.get("created_at", "").isdigit() \
                 else self._clock.now_ms()
             return Response(id=run_id, turn_id=meta["turn_id"], thread_id=meta["thread_id"],
@@ -119,11 +126,10 @@ class ReadingService:
                             created_at=created, updated_at=created, status="queued")
         raise NotFound(f"no run {run_id}", details={"run_id": run_id})
 
-    async def _unstarted_meta(self, run_id: str) -> dict[str, str] | None:
-        """The metadata of a run accepted (on any node) that has not ended, or ``None``."""
+    async def _accepted_meta(self, run_id: str) -> dict[str, str] | None:
+        """The metadata of a run accepted by a submit (on any node), or ``None``."""
         meta = await self._log.get_meta(run_id)
-        if meta.get("status") in TERMINAL_STATUSES or not all(
-                meta.get(k) for k in ("thread_id", "turn_id", "model_id", "provider_id")):
+        if not all(meta.get(k) for k in ("thread_id", "turn_id", "model_id", "provider_id")):
             return None
         return meta
 
@@ -153,8 +159,9 @@ class ReadingService:
         if actor is None or actor.fanout.closed:
             last = await self._log.last_entry(run_id)
             if last is None:
-                if actor is not None or await self._unstarted_meta(run_id) is not None:
-                    # started or queued (here or on another node), nothing written yet
+                if actor is not None or await self._accepted_meta(run_id) is not None:
+                    # started or queued (here or on another node), nothing written yet (or
+                    # its ending just was: the reader replays it)
                     return RunReader(self._log, run_id, cursor, find_fanout)
                 if await self._store.get_response(run_id, tenant=tenant) is not None:
                     raise StreamExpired(f"the event stream of run {run_id} has expired; "
