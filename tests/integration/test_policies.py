@@ -361,3 +361,21 @@ async def test_a_queued_run_of_a_dead_node_does_not_stall_the_queue(
             assert [e.type for e in orphan] == ["response_start", "response_error"]
             assert (await ended(rt, first.run_id)).status == "complete"
             assert (await ended(rt, last.run_id)).status == "complete"
+
+
+@TCP_ONLY
+async def test_a_drain_ends_queued_runs_aborted_too(redis_url: str, key_prefix: str,
+                                                    tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with node(redis_url, key_prefix, tmp_path, tmp_path / "cody.db",
+                        replay_delay_s=0.01) as (rt, replay):
+            first = await rt.submission.submit(TurnRequest.model_validate(body("rapid_deltas")))
+            queued = await rt.submission.submit(TurnRequest.model_validate(body(
+                thread_id=first.thread_id, multitask_strategy="enqueue")))
+            await rt.lifecycle.drain("server shutting down", timeout_s=10)
+            for run_id in (first.run_id, queued.run_id):
+                resp = await rt.reading.get_response(run_id)
+                assert (resp.status, resp.finish_reason) == ("aborted", "server shutting down")
+            assert sent_text(replay, queued.run_id) == ""
+            runs, running, queue, _ = rt.log.keys.thread_keys(first.thread_id)
+            assert await rt.log._w.exists([runs, running, queue]) == 0
