@@ -323,11 +323,13 @@ class ThreadPolicies:
         """One round (see :meth:`run`)."""
         waiting = [(run_id, w) for run_id, w in self._waiting.items() if w.promotion is None]
         with map_redis_errors():
-            async with self._w.pipeline(transaction=False) as pipe:
-                checks = [pipe.sismember(self._keys.thread_keys(w.thread_id)[1], run_id)
-                          for run_id, w in waiting]
-            promoted = [(run_id, w) for (run_id, w), check in zip(waiting, checks, strict=True)
-                        if await check]
+            promoted: list[tuple[str, _Waiter]] = []
+            if waiting:
+                async with self._w.pipeline(transaction=False) as pipe:
+                    checks = [pipe.sismember(self._keys.thread_keys(w.thread_id)[1], run_id)
+                              for run_id, w in waiting]
+                promoted = [(run_id, w) for (run_id, w), check
+                            in zip(waiting, checks, strict=True) if await check]
             for run_id, w in promoted:
                 ended = await self._w.lrange(self._keys.thread_keys(w.thread_id)[3], 0, -1)
                 self._wake(Promotion(run_id, self.node_id, tuple(_s(r) for r in ended)))
