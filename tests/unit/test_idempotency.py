@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.errors import ValidationFailed
@@ -45,6 +45,7 @@ json_values = st.recursive(
     max_leaves=12)
 
 
+@settings(max_examples=50)
 @given(st.dictionaries(st.text(max_size=6), json_values, max_size=6), st.randoms())
 def test_fingerprint_ignores_key_order(body: dict[str, object], rnd: object) -> None:
     items = list(body.items())

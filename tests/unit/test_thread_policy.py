@@ -55,14 +55,14 @@ def play(sequence: list[tuple[str, object]]) -> tuple[ThreadState, list[str]]:
     return state, started
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(ops)
 def test_invariants_hold_for_any_sequence(sequence: list[tuple[str, object]]) -> None:
     _, started = play(sequence)
     assert len(started) == len(set(started)), "no run starts twice"
 
 
-@settings(max_examples=200)
+@settings(max_examples=100)
 @given(st.lists(st.sampled_from(["reject", "enqueue"]), max_size=20))
 def test_without_parallel_one_turn_runs_at_a_time_in_order(strategies: list[str]) -> None:
     state = ThreadState()
