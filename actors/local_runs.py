@@ -117,5 +117,6 @@ class LocalRuns:
         return [r for r in self.recent.responses.values() if r.thread_id == thread_id]
 
     def live_on(self, thread_id: str) -> list[Response]:
-        return [snap for actor in self if actor.spec.thread_id == thread_id
-                and (snap := actor.snapshot()) is not None]
+        """This process's runs on the thread as they are now (``queued`` before they start)."""
+        return [actor.snapshot() or actor.queued() for actor in self
+                if actor.spec.thread_id == thread_id]

@@ -106,11 +106,7 @@ class ReadingService:
         if stored is not None:
             return stored
         if actor is not None:  # accepted, its actor not yet past response_start
-            spec, now = actor.spec, self._clock.now_ms()
-            return Response(id=run_id, turn_id=spec.turn_id, thread_id=spec.thread_id,
-                            agent_id=spec.agent_id, model_id=spec.model_id,
-                            provider_id=spec.provider_id, created_at=now, updated_at=now,
-                            status="queued")
+            return actor.queued()
         meta = await self._accepted_meta(run_id)  # -- policies: a run queued on any node
         if meta is not None and meta.get("status") in TERMINAL_STATUSES:
             # it ended between the reads above (the janitor ends an unstarted run with its

@@ -207,6 +207,7 @@ class RunActor:
         self._limits = limits
         self._rng = rng or random.Random()
         self._clock = clock
+        self.accepted_at_ms = clock.now_ms()
         self.machine = self._new_machine()
         self.fanout = Fanout(subscriber_buffer)
         self._work: trio.CancelScope | None = None  # the provider reader or the tools
@@ -250,6 +251,15 @@ class RunActor:
 
     def snapshot(self) -> Response | None:
         return self.machine.snapshot()
+
+    def queued(self) -> Response:
+        """The run as it reads before its ``response_start`` is stored: ``queued`` (waiting
+        for its thread, or just accepted)."""
+        spec = self.spec
+        return Response(id=spec.run_id, turn_id=spec.turn_id, thread_id=spec.thread_id,
+                        agent_id=spec.agent_id, model_id=spec.model_id,
+                        provider_id=spec.provider_id, created_at=self.accepted_at_ms,
+                        updated_at=self.accepted_at_ms, status="queued")
 
     def cancel(self, reason: str = "cancelled by user") -> None:
         """Idempotent; ends the turn ``aborted`` unless its ending is already decided."""

@@ -218,6 +218,9 @@ async def test_enqueue_waits_for_the_running_turn_and_sees_it(redis_url: str,
             assert second["status"] == "queued" and first["status"] == "in_progress"
             got = await client.get(f"/api/v2/runs/{second['run_id']}")
             assert (await got.get_json())["status"] == "queued"
+            view = await (await client.get(f"/api/v2/threads/{first['thread_id']}")).get_json()
+            assert [(r["id"], r["status"]) for r in view["runs"]] == [
+                (first["run_id"], "in_progress"), (second["run_id"], "queued")]
             # its events can be read at once: the reader waits for the start
             queued_events = events_of(await read_all(rt, second["run_id"]))
             first_events = events_of(await read_all(rt, first["run_id"]))
