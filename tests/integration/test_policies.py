@@ -23,6 +23,7 @@ from runtime.schema import Response
 from runtime.thread_policy import INTERRUPTED, STRATEGIES, ThreadState
 from runtime.turns import TurnRequest
 from tests.integration.test_runtime import LIBRARY, events_of, read_all, runtime_for, turn
+from tests.serving import serving
 
 TCP_ONLY = pytest.mark.parametrize("redis_url", ["tcp"], indirect=True)
 
@@ -382,3 +383,26 @@ async def test_a_drain_ends_queued_runs_aborted_too(redis_url: str, key_prefix: 
             assert sent_text(replay, queued.run_id) == ""
             runs, running, queue, _ = rt.log.keys.thread_keys(first.thread_id)
             assert await rt.log._w.exists([runs, running, queue]) == 0
+
+
+async def test_idempotency_keys_are_per_tenant_over_http_with_tokens(tmp_path: Path) -> None:
+    """With API keys on: a tenant's retry gets its run back with an events_url whose token
+    is signed afresh (and works); another tenant's equal key is its own run."""
+    acme, globex = "tok-acme-0123456789abcdef", "tok-globex-0123456789abcdef"
+    with trio.fail_after(30):
+        async with serving(tmp_path, api_keys=(("acme", acme), ("globex", globex))) as srv, \
+                srv.client(headers={"Authorization": f"Bearer {acme}"}) as a, \
+                srv.client(headers={"Authorization": f"Bearer {globex}"}) as g:
+            key = {"Idempotency-Key": "same-key-for-both"}
+            first = await a.post("/api/v2/runs", json=body(), headers=key)
+            assert first.status_code == 202
+            again = await a.post("/api/v2/runs", json=body(), headers=key)
+            assert again.status_code == 200
+            assert again.json()["run_id"] == first.json()["run_id"]
+            assert "token=" in again.json()["events_url"]
+            async with srv.client() as anonymous:  # the token alone opens the events
+                events = await anonymous.get(again.json()["events_url"])
+                assert events.status_code == 200
+            theirs = await g.post("/api/v2/runs", json=body(), headers=key)
+            assert theirs.status_code == 202
+            assert theirs.json()["run_id"] != first.json()["run_id"]
