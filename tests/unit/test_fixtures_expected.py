@@ -286,6 +286,14 @@ def test_fixture_in_any_chunking(fx: Fixture, cuts: list[int]) -> None:
 
 
 @pytest.mark.parametrize("fx", FIXTURES, ids=_id)
+def test_fixture_in_61_byte_chunks(fx: Fixture) -> None:
+    """Reads that cut SSE lines, JSON and UTF-8 mid-way, for every protocol's fixtures (one
+    test here, not one per protocol's fixture tests)."""
+    _, resp = run_fixture_offline(fx, lambda s: [s[i:i + 61] for i in range(0, len(s), 61)])
+    assert response_view(resp) == fx.expected
+
+
+@pytest.mark.parametrize("fx", FIXTURES, ids=_id)
 def test_fixture_in_small_chunks(fx: Fixture) -> None:
     # byte by byte where that is cheap; multi-MB streams in odd network-sized reads
     size = 1 if sum(len(e.stream) for e in fx.exchanges) < 50_000 else 4093
