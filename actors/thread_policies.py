@@ -217,7 +217,15 @@ class ThreadPolicies:
 
         ``actor`` is a :class:`~actors.run_actor.RunActor`. Cancelled while waiting, it starts
         at once and ends ``aborted`` without calling the model. Its history cannot be read
-        (Redis or the store down past :data:`RELEASE_RETRY_S` of retries): cancelled too."""
+        (Redis or the store down past :data:`RELEASE_RETRY_S` of retries): cancelled too.
+        Never raises (it runs in the runs nursery): a bug here aborts this run only."""
+        try:
+            await self._wait_turn(actor, load_history)
+        except Exception:
+            log.exception("run %s: waiting for its turn failed", actor.run_id)
+            actor.cancel("could not start: internal error")
+
+    async def _wait_turn(self, actor: Any, load_history: HistoryLoader) -> None:
         waiter = self._waiting.get(actor.run_id)
         if waiter is None:
             return

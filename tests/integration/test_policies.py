@@ -406,3 +406,27 @@ async def test_idempotency_keys_are_per_tenant_over_http_with_tokens(tmp_path: P
             theirs = await g.post("/api/v2/runs", json=body(), headers=key)
             assert theirs.status_code == 202
             assert theirs.json()["run_id"] != first.json()["run_id"]
+
+
+@TCP_ONLY
+async def test_a_bug_while_a_run_waits_aborts_that_run_only(redis_url: str, key_prefix: str,
+                                                            tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    async def broken(*_: object, **__: object) -> tuple[()]:
+        raise ZeroDivisionError("history blew up")
+
+    with trio.fail_after(30):
+        async with node(redis_url, key_prefix, tmp_path, tmp_path / "cody.db",
+                        replay_delay_s=0.01) as (rt, _):
+            monkeypatch.setattr(rt.submission, "_queued_history", broken)
+            first = await rt.submission.submit(TurnRequest.model_validate(body()))
+            queued = await rt.submission.submit(TurnRequest.model_validate(body(
+                thread_id=first.thread_id, multitask_strategy="enqueue")))
+            assert (await ended(rt, first.run_id)).status == "complete"
+            resp = await ended(rt, queued.run_id)
+            assert (resp.status, resp.finish_reason) == ("aborted",
+                                                         "could not start: internal error")
+            after = await rt.submission.submit(TurnRequest.model_validate(body(
+                thread_id=first.thread_id, multitask_strategy="reject")))
+            assert (await ended(rt, after.run_id)).status == "complete"
