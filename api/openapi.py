@@ -1,4 +1,10 @@
-"""The OpenAPI 3.1 document, with schemas generated from the pydantic models themselves."""
+"""The OpenAPI 3.1 document, with schemas generated from the pydantic models themselves.
+
+Security (README, Security): every route needs the ``bearer`` scheme when the server has
+API keys (``CODY_API_KEYS``), except the health and readiness probes; the events route also
+takes the signed ``token`` query parameter of the submit response's ``events_url``. Without
+keys the server answers without auth (and binds to loopback only).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,11 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Validation error (names the field)", 404: "Not found", 410: "Stream expired",
             413: "Payload too large", 409: "Conflict",
+            422: "IDEMPOTENCY_MISMATCH: the Idempotency-Key was used for another body",
+            401: "Missing or invalid bearer token (WWW-Authenticate: Bearer realm=\"cody\")",
+            403: "A state-changing request from an origin not in CODY_CORS_ORIGINS",
+            415: "The body is not application/json",
+            429: "An admission limit is reached (Retry-After)",
             503: "Redis or the store unavailable, or the server shutting down (Retry-After)"}
     return {str(c): {"description": text[c], "content": _json_content(_ref("ErrorBody"))}
             for c in codes}
@@ -41,13 +52,38 @@ def openapi_document() -> dict[str, Any]:
               "schema": {"type": "string", "format": "uuid"}}
     thread_id = {"name": "thread_id", "in": "path", "required": True,
                  "schema": {"type": "string", "format": "uuid"}}
-    submit = {
+    # -- policies: Idempotency-Key, multitask_strategy (in TurnRequest), THREAD_BUSY
+    idempotency_key = {
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "description": "Makes the submit safe to retry: the same key and body within "
+                       "CODY_IDEMPOTENCY_TTL_S (24 h) answer 200 with the original response "
+                       "(same run_id); another body answers 422 IDEMPOTENCY_MISMATCH. Per "
+                       "tenant. 1-255 printable ASCII characters, no spaces.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                   "pattern": "^[\\x21-\\x7e]+$"}}
+    submit: dict[str, Any] = {
         "summary": "Submit a turn",
+        "description": "multitask_strategy says what a turn sent to a busy thread does: "
+                       "parallel (start now), reject (409 THREAD_BUSY), enqueue (202, status "
+                       "queued: starts when the running turn ends), interrupt (the running "
+                       "turn ends aborted, then this one starts); default "
+                       "CODY_MULTITASK_STRATEGY (parallel).",
+        "parameters": [idempotency_key],
         "requestBody": {"required": True, "content": _json_content(_ref("TurnRequest"))},
-        "responses": {"202": {"description": "Accepted",
+        "responses": {"202": {"description": "Accepted (status in_progress, or queued)",
                               "content": _json_content(_ref("TurnAccepted"))},
-                      **_errors(400, 409, 413, 503)},
+                      "200": {"description": "A replay: this Idempotency-Key and body were "
+                                             "accepted before; the original response",
+                              "content": _json_content(_ref("TurnAccepted"))},
+                      **_errors(400, 404, 409, 413, 422, 503)},
     }
+    submit["responses"]["409"] = {
+        "description": "CONFLICT (run_id exists), THREAD_BUSY (multitask_strategy reject, the "
+                       "thread has a turn running), or IDEMPOTENCY_IN_PROGRESS (the key's "
+                       "first submit is still running; Retry-After)",
+        "content": _json_content(_ref("ErrorBody"))}
+    # -- security: who may call what (the descriptions above; README, Security)
+    open_routes = {"/api/v2/health", "/api/v2/ready"}
     paths: dict[str, Any] = {
         "/api/v2/runs": {"post": submit},
         "/api/v2/submit": {"post": {**submit, "summary": "Submit a turn (alias)"}},
@@ -111,7 +147,38 @@ def openapi_document() -> dict[str, Any]:
                                   "responses": {"200": {"description": "ready"},
                                                 **_errors(503)}}},
     }
+    _secure(paths, open_routes)
+    paths["/api/v2/runs/{run_id}/events"]["get"]["parameters"].append(
+        {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "The signed, short-lived token of the submit response's events_url "
+                        "(for EventSource, which cannot send headers); this run only"})
+    paths["/api/v2/runs/{run_id}/events"]["get"]["security"] = [{"bearer": []},
+                                                                 {"eventsToken": []}]
     return {"openapi": "3.1.0",
             "info": {"title": "Cody Core", "version": "0.1.0"},
             "paths": paths,
-            "components": {"schemas": schemas}}
+            "security": [{"bearer": []}],
+            "components": {"schemas": schemas, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "A token of CODY_API_KEYS (tenant:token); needed "
+                                          "when the server has keys"},
+                "eventsToken": {"type": "apiKey", "in": "query", "name": "token",
+                                "description": "The signed token in events_url"}}}}
+
+
+def _secure(paths: dict[str, Any], open_routes: set[str]) -> None:
+    """401 on every route that needs a token, the open ones marked open; 403 and 415 on
+    those taking a body or changing state; 429 where admission limits apply."""
+    for path, methods in paths.items():
+        for method, op in methods.items():
+            responses = op["responses"]
+            if path in open_routes:
+                op["security"] = []
+                continue
+            responses.update(_errors(401))
+            if method in ("post", "patch", "delete"):
+                responses.update(_errors(403))
+            if "requestBody" in op:
+                responses.update(_errors(415))
+            if path in ("/api/v2/runs", "/api/v2/submit") or path.endswith("/events"):
+                responses.update(_errors(429))

@@ -113,6 +113,24 @@ redis.call('HSET', KEYS[2], 'status', 'error', 'ended_by', ARGV[4])
 return {'appended', id}
 """
 
+# -- policies: the janitor's ending of a run that never wrote an event (queued, or its node
+# died before its start), atomic on its keys. KEYS: events stream, meta hash. ARGV: the node
+# the run should belong to, the node ending it, the encoded response_start, the encoded
+# response_error, then every terminal status.
+END_UNSTARTED_LUA = """
+if redis.call('XLEN', KEYS[1]) > 0 then return {'moved', ''} end
+local meta = redis.call('HMGET', KEYS[2], 'status', 'node')
+if not meta[1] then return {'gone', ''} end
+for i = 5, #ARGV do
+  if meta[1] == ARGV[i] then return {'ended', ''} end
+end
+if meta[2] and meta[2] ~= ARGV[1] then return {'owner', meta[2]} end
+redis.call('XADD', KEYS[1], '*', 'event', ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[4])
+redis.call('HSET', KEYS[2], 'status', 'error', 'ended_by', ARGV[2])
+return {'appended', id}
+"""
+
 # Delete a stream only if its last entry is still the one the caller has seen (nothing was
 # added since): the end of a migration out of a legacy key.
 DELETE_IF_LAST_LUA = """
@@ -236,6 +254,18 @@ async def open_redis(url: str, max_connections: int, *, connect_timeout_s: float
             raise ours from exc
         raise
 
+# -- security: a tenant's run slot, taken only while fewer than the limit are unexpired.
+# KEYS: the tenant's sorted set. ARGV: now (ms), the slot's expiry (ms), the limit, run id,
+# the key's own TTL (ms: long after every slot in it expired, so an idle tenant leaves nothing).
+TENANT_ACQUIRE_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
 
 def _fields(entry: StreamEntry) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in entry.field_values.items()}
@@ -256,6 +286,8 @@ class EventLog:
         self._shard_of_key = {key: i for i, key in enumerate(keys.persist_streams)}
         self._end_orphan = writer.register_script(END_ORPHAN_LUA)
         self._delete_if_last = writer.register_script(DELETE_IF_LAST_LUA)
+        self._end_unstarted = writer.register_script(END_UNSTARTED_LUA)
+        self._tenant_acquire = writer.register_script(TENANT_ACQUIRE_LUA)
 
     def _block(self, block_ms: int) -> int | None:
         """A finite BLOCK argument: ``None`` (do not block) for 0, never Redis's "forever"."""
@@ -469,6 +501,21 @@ class EventLog:
             raise AssertionError(f"end_orphan script replied {reply!r}")
         return OrphanEnding(outcome, detail or None)  # type: ignore[arg-type]
 
+    async def end_unstarted(self, run_id: str, *, start: bytes, event: bytes, owner: str,
+                            by: str) -> OrphanEnding:
+        """Append ``start`` (its ``response_start``) and ``event`` (``response_error``
+        RUN_ORPHANED) to a run that has no event yet, and mark it ended - only if its stream
+        is still empty, its metadata does not say it ended and it is registered to ``owner``
+        (one Lua script on the run's keys, like :meth:`end_orphan`)."""
+        with map_redis_errors():
+            reply: Any = await self._end_unstarted(
+                keys=[self.keys.run_events(run_id), self.keys.run_meta(run_id)],
+                args=[owner, by, start, event, *sorted(TERMINAL_STATUSES)])
+        outcome, detail = _s(reply[0]), _s(reply[1])
+        if outcome not in ("appended", "ended", "moved", "gone", "owner"):
+            raise AssertionError(f"end_unstarted script replied {reply!r}")
+        return OrphanEnding(outcome, detail or None)  # type: ignore[arg-type]
+
     # ------------------------------------------------------------------ node leases, live runs
 
     async def register_live(self, run_id: str, node_id: str) -> None:
@@ -511,6 +558,32 @@ class EventLog:
     async def lease_alive(self, node_id: str) -> bool:
         with map_redis_errors():
             return await self._w.exists([self.keys.node_lease(node_id)]) > 0
+
+    # -- security: per-tenant run slots (actors/admission.py)
+
+    async def tenant_acquire(self, tenant: str, run_id: str, *, limit: int, now_ms: int,
+                             ttl_ms: int) -> bool:
+        """Take a slot for ``run_id``, expiring ``ttl_ms`` from now unless refreshed, unless
+        ``limit`` unexpired ones are taken."""
+        with map_redis_errors():
+            reply: Any = await self._tenant_acquire(
+                keys=[self.keys.tenant_runs(tenant)],
+                args=[now_ms, now_ms + ttl_ms, limit, run_id, 4 * ttl_ms])
+        return bool(reply)
+
+    async def tenant_release(self, tenant: str, run_id: str) -> None:
+        with map_redis_errors():
+            await self._w.zrem(self.keys.tenant_runs(tenant), [run_id])
+
+    async def tenant_refresh(self, slots: Mapping[str, Sequence[str]], *, now_ms: int,
+                             ttl_ms: int) -> None:
+        """Push the expiry of these (tenant -> run ids) slots, of runs still live here, on."""
+        with map_redis_errors():
+            async with self._w.pipeline(transaction=False) as pipe:
+                for tenant, run_ids in slots.items():
+                    key = self.keys.tenant_runs(tenant)
+                    pipe.zadd(key, {r: now_ms + ttl_ms for r in run_ids})
+                    pipe.pexpire(key, 4 * ttl_ms)
 
     # ------------------------------------------------------------------ persistence queue
 
