@@ -106,9 +106,13 @@ class FixtureLibrary:
         self.fixtures: dict[tuple[str, str], Fixture] = {}
         self._by_prompt: dict[tuple[str, str, str], Fixture] = {}
         self._defaults: dict[tuple[str, str], Fixture] = {}
+        self._by_wire: dict[tuple[str, str], str] = {}
         for manifest in sorted(root.glob("*/*/fixture.json")):
             fx = load_fixture(manifest.parent)
             self.fixtures[(fx.provider, fx.name)] = fx
+            if fx.exchanges:
+                wire = fx.exchanges[0].request.get("model")
+                self._by_wire.setdefault((fx.provider, str(wire)), fx.model)
             self._by_prompt.setdefault((fx.provider, fx.model, fx.prompt), fx)
             if fx.default:
                 self._defaults[(fx.provider, fx.model)] = fx
@@ -116,10 +120,20 @@ class FixtureLibrary:
     def get(self, provider: str, name: str) -> Fixture:
         return self.fixtures[(provider, name)]
 
-    def select(self, provider: str, model: str, prompt: str) -> Fixture | None:
-        """The fixture recorded for this prompt, else that provider and model's default."""
-        return self._by_prompt.get((provider, model, prompt)) or self._defaults.get(
+    def select(self, provider: str, model: str, prompt: str, wire_model: str | None = None
+               ) -> Fixture | None:
+        """The fixture recorded for this prompt, else that provider and model's default.
+
+        ``model`` is Cody's model id; a run that named its model as ``<provider>/<name>`` has
+        no recording under that id, so ``wire_model`` (the name the request sends) finds the
+        recordings of the catalogue model sent under the same name."""
+        found = self._by_prompt.get((provider, model, prompt)) or self._defaults.get(
             (provider, model))
+        if found is None and wire_model is not None:
+            recorded = self._by_wire.get((provider, wire_model))
+            if recorded is not None and recorded != model:
+                return self.select(provider, recorded, prompt)
+        return found
 
     def __iter__(self) -> Iterator[Fixture]:
         return iter(self.fixtures.values())

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from runtime.catalogue import (
-    BUILTIN_MODELS,
     PROTOCOL_NAMES,
     Catalogue,
     ModelSpec,
@@ -17,7 +16,6 @@ from runtime.catalogue import (
     load_catalogue,
     parse_catalogue,
 )
-from runtime.config import DEFAULT_MODELS
 from runtime.errors import InvalidModel, ProviderNotConfigured, UnknownProvider, ValidationFailed
 
 #: The file of issue 13, verbatim.
@@ -61,11 +59,6 @@ def test_built_ins_need_no_file(tmp_path: Path) -> None:
         builtin=True)
     assert list(cat.models) == ["gpt-5-mini", "gpt-5-codex", "claude-haiku-4.5",
                                 "claude-sonnet-4.5"]
-
-
-def test_built_in_models_are_those_of_the_runtime_config() -> None:
-    assert {m.id: (m.provider, m.name, m.reasoning) for m in BUILTIN_MODELS.values()} == {
-        mid: (e.provider, e.provider_model, e.reasoning) for mid, e in DEFAULT_MODELS.items()}
 
 
 def test_built_in_base_urls_come_from_the_sdk_variables() -> None:
