@@ -89,7 +89,8 @@ def sent_requests(server: Any, prompt: str) -> list[dict[str, Any]]:
 
     out = []
     for body in bodies:
-        provider = "openai" if "input" in body else "anthropic"
+        provider = ("openai" if "input" in body else
+                    "openai-chat" if "stream_options" in body else "anthropic")
         if turn_position(provider, body)[0] == prompt:
             out.append(body)
     return out
