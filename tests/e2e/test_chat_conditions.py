@@ -287,17 +287,19 @@ async def test_a_custom_anthropic_model(chat_server: ServerProcess) -> None:
 
 
 async def test_a_model_the_provider_does_not_have(chat_server: ServerProcess) -> None:
+    """Live: the provider's 404 is MODEL_NOT_FOUND naming both names; replay plays the
+    provider's default recording for a model it has none of."""
     async with make_client(chat_server.base_url) as client:
         accepted = await submit(client, prompt="Hello", model="opus")
         with trio.fail_after(60):
             resp = (await stream(client, accepted["run_id"])).reduce()
-    assert resp.status == "error" and resp.error is not None
     assert resp.model_id == "opus" and resp.provider_id == "anthropic"
-    if _mode(chat_server) == "live":
-        assert resp.error.code == "MODEL_NOT_FOUND"
-        assert "claude-opus-4-5 (Cody model opus)" in resp.error.message
-    else:
-        assert resp.error.code == "REPLAY_NO_FIXTURE"
+    if _mode(chat_server) == "replay":  # plays the provider's simple_message
+        assert resp.status == "complete"
+        return
+    assert resp.status == "error" and resp.error is not None
+    assert resp.error.code == "MODEL_NOT_FOUND"
+    assert "claude-opus-4-5 (Cody model opus)" in resp.error.message
 
 
 # --------------------------------------------------------------------------- keys
@@ -387,33 +389,56 @@ async def test_models_endpoint_and_cody_models(chat_server: ServerProcess) -> No
 # --------------------------------------------------------------------------- start-up
 
 
-@pytest.mark.parametrize(("text", "where"), [
+MALFORMED = [
     ('[providers.local]\nprotocol = "openai-chat"\nbase_url = "not a url"\n',
      ":3: providers.local.base_url: 'not a url' is not an http(s) URL"),
     ('[models.qwen]\nprovider = "local"\nname = "q"\n',
      ":2: models.qwen.provider: no provider 'local'"),
-    ('[models.qwen\nprovider = "local"\n', ":1: "),
-])
-def test_a_malformed_file_stops_start_up(tmp_path: Path, text: str, where: str) -> None:
-    """One line naming file, line and field; no traceback; exit code 2; nothing started."""
+    ('[models.qwen\nprovider = "local"\n', ":1: invalid TOML: "),
+]
+
+
+def test_a_malformed_file_stops_cody_serve(tmp_path: Path) -> None:
+    """The real command: one line naming file, line and field; no traceback; exit code 2;
+    nothing started (the file is read before the data dir is even made)."""
+    text, where = MALFORMED[0]
     config = tmp_path / "cody.toml"
     config.write_text(text)
-    env = base_env(CODY_CONFIG=str(config), CODY_DATA_DIR=str(tmp_path / "data"),
-                   CODY_PORT="1")
+    env = base_env(CODY_CONFIG=str(config), CODY_DATA_DIR=str(tmp_path / "data"))
     out = subprocess.run([sys.executable, "-m", "api.cli", "serve"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stdout == ""
-    assert out.stderr.startswith(f"cody: configuration error: {config}{where}"), out.stderr
-    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
-    assert not (tmp_path / "data").exists()  # the file is read before anything starts
+    assert out.stderr == f"cody: configuration error: {config}{where}\n"
+    assert not (tmp_path / "data").exists()
 
 
-def test_a_named_file_that_is_missing_stops_start_up(tmp_path: Path) -> None:
-    env = base_env(CODY_CONFIG=str(tmp_path / "nope.toml"),
-                   CODY_DATA_DIR=str(tmp_path / "data"))
-    out = subprocess.run([sys.executable, "-m", "api.cli", "serve"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
-    assert out.stderr == (f"cody: configuration error: {tmp_path / 'nope.toml'}: no such "
-                          "file (CODY_CONFIG)\n")
+@pytest.mark.parametrize(("text", "where"), MALFORMED)
+def test_each_malformed_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str], text: str,
+                                         where: str) -> None:
+    """The same ``cody serve`` entry point in this process (quicker than a subprocess each)."""
+    from api.cli import main
+
+    config = tmp_path / "cody.toml"
+    config.write_text(text)
+    monkeypatch.setenv("CODY_CONFIG", str(config))
+    monkeypatch.setenv("CODY_DATA_DIR", str(tmp_path / "data"))
+    assert main(["serve"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith(f"cody: configuration error: {config}{where}"), out.err
+    assert out.err.count("\n") == 1 and "Traceback" not in out.err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_named_file_that_is_missing_stops_start_up(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from api.cli import main
+
+    monkeypatch.setenv("CODY_CONFIG", str(tmp_path / "nope.toml"))
+    monkeypatch.setenv("CODY_DATA_DIR", str(tmp_path / "data"))
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err == (f"cody: configuration error: {tmp_path / 'nope.toml'}: "
+                                       "no such file (CODY_CONFIG)\n")

@@ -439,12 +439,22 @@ def test_reasoning_defaults_by_protocol(protocol: str, reasoning: bool,
     assert reasoning_defaults(protocol, reasoning, "medium", 2048) == expected
 
 
-def test_replay_finds_a_provider_slash_name_run_by_its_wire_name() -> None:
+def test_replay_plays_a_model_without_recordings_of_its_own() -> None:
+    """By the wire name first (``local/Qwen/Qwen3-8B`` is qwen3-8b's), then the provider's
+    recording of the prompt, then the provider's simple_message; nothing for a provider
+    with no recordings."""
     from actors.providers.fixtures import FixtureLibrary
 
     library = FixtureLibrary()
+    reasoning = library.get("local", "reasoning_message")  # gpt-oss-20b's default
+    assert library.select("local", "local/openai/gpt-oss-20b", "Any prompt",
+                          "openai/gpt-oss-20b") is reasoning
     simple = library.get("local", "simple_message")
-    assert library.select("local", "local/Qwen/Qwen3-8B", simple.prompt) is None
-    assert library.select("local", "local/Qwen/Qwen3-8B", simple.prompt,
-                          "Qwen/Qwen3-8B") is simple
-    assert library.select("local", "local/unknown", simple.prompt, "unknown") is None
+    assert library.select("local", "local/unknown", simple.prompt, "unknown") is simple
+    tools = library.get("openai", "tool_read_file")
+    assert library.select("openai", "openai/gpt-4.1", tools.prompt, "gpt-4.1") is tools
+    assert library.select("openai", "openai/gpt-4.1", "Anything", "gpt-4.1") is \
+        library.get("openai", "simple_message")
+    assert library.select("anthropic", "opus", "Anything", "claude-opus-4-5") is \
+        library.get("anthropic", "simple_message")
+    assert library.select("mine", "mine/m", "Anything", "m") is None
