@@ -11,6 +11,7 @@ which received exactly the recorded requests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -24,8 +25,8 @@ import trio
 
 from actors.providers.fixtures import Fixture, FixtureLibrary
 from tests.e2e.client import make_client, sent_requests, stream, submit, wait_persisted
-from tests.e2e.conftest import _drop_keys
-from tests.e2e.server import ROOT, WORKSPACE, ServerProcess, base_env
+from tests.e2e.conftest import _servers
+from tests.e2e.server import ROOT, ServerProcess, base_env
 from tests.fake_provider import FakeProvider
 from tests.harness import response_view
 
@@ -81,33 +82,17 @@ name = "claude-opus-4-5"
 def chat_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[ServerProcess]:
     mode = str(request.param)
-    data_dir = tmp_path_factory.mktemp(f"chat-{mode}")
-    fake = FakeProvider(LIBRARY).__enter__() if mode == "live" else None
-    chat_url = fake.chat_base_url if fake is not None else "http://127.0.0.1:9/v1"
-    config = data_dir / "cody.toml"
-    config.write_text(CODY_TOML.format(chat=chat_url))
-    env = {"CODY_REDIS_URL": "redis://127.0.0.1:6379/0",
-           "CODY_KEY_PREFIX": f"e2e-{uuid.uuid4().hex[:12]}", "CODY_CONFIG": str(config),
-           "CODY_REPLAY": "1", "CODY_REPLAY_RECORD_REQUESTS": "1", "CODY_EXEC": "1",
-           "CODY_WORKSPACE": str(WORKSPACE), "CODY_TOOL_TIMEOUT_S": "1",
-           "CODY_RETENTION_S": "300", "CODY_LOG_LEVEL": "info"}
-    if fake is not None:
-        env.update({"CODY_REPLAY": "0", "LOCAL_API_KEY": fake.api_key,
-                    "WRONG_API_KEY": WRONG_KEY, "OPENAI_API_KEY": fake.api_key,
-                    "OPENAI_BASE_URL": fake.openai_base_url,
-                    "ANTHROPIC_API_KEY": fake.api_key,
-                    "ANTHROPIC_BASE_URL": fake.anthropic_base_url})
-    server = ServerProcess(data_dir, base_env(**env))
-    server.fake = fake  # type: ignore[attr-defined]
-    server.mode = mode  # type: ignore[attr-defined]
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        _drop_keys(env["CODY_KEY_PREFIX"])
+    tmp = tmp_path_factory.mktemp(f"chat-{mode}")
+    with contextlib.ExitStack() as stack:
+        fake = stack.enter_context(FakeProvider(LIBRARY)) if mode == "live" else None
+        config = tmp / "cody.toml"
+        config.write_text(CODY_TOML.format(
+            chat=fake.chat_base_url if fake is not None else "http://127.0.0.1:9/v1"))
+        env = {"CODY_CONFIG": str(config)}
         if fake is not None:
-            fake.__exit__(None, None, None)
+            env.update(LOCAL_API_KEY=fake.api_key, WRONG_API_KEY=WRONG_KEY)
+        start = stack.enter_context(_servers(tmp))
+        yield start(mode, fake=fake, **env)
 
 
 def _mode(server: ServerProcess) -> str:
