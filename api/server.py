@@ -101,8 +101,9 @@ async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = Non
             async with open_runtime(config,
                                     workers=lambda rt: [http_worker(rt, stop)]) as runtime:
                 mode = "replay" if config.replay else "live"
-                log.info("cody serving on http://%s:%d (%s mode, redis %s)", config.host,
-                         config.port, mode, config.redis_url or "embedded")
+                log.info("cody serving on http://%s:%d (%s mode, redis %s, catalogue %s)",
+                         config.host, config.port, mode, config.redis_url or "embedded",
+                         runtime.models.catalogue.source or "built-in")
                 print(f"cody: serving on http://{config.host}:{config.port} ({mode} mode)",
                       flush=True)
                 if ready is not None:

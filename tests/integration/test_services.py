@@ -7,6 +7,7 @@ from pathlib import Path
 import trio
 
 from api.app import create_app
+from tests.harness import response_view
 from tests.integration.test_runtime import runtime_for, turn
 
 
@@ -45,3 +46,34 @@ async def test_ready_reports_each_dependency(redis_url: str, key_prefix: str,
             r = await client.get("/api/v2/ready")
             assert r.status_code == 200
             assert await r.get_json() == {"status": "ready", "redis": True, "store": True}
+
+
+async def test_the_catalogue_in_the_runtime(redis_url: str, key_prefix: str,
+                                            tmp_path: Path) -> None:
+    """``<data dir>/cody.toml`` is read by the factory: its models are listed, a run of its
+    provider records the provider's protocol and plays through that protocol's normaliser,
+    and ``<provider>/<name>`` routes to it."""
+    from tests.integration.test_runtime import LIBRARY, wait_stored
+
+    (tmp_path / "cody.toml").write_text(
+        (LIBRARY.root / "openai-chat" / "cody.toml").read_text())
+    fx = LIBRARY.get("local", "tool_read_file")
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path) as rt:
+            client = create_app(rt).test_client()
+            r = await client.get("/api/v2/models")
+            models = {m["id"]: m for m in (await r.get_json())["data"]}
+            assert models["qwen3-8b"] == {"id": "qwen3-8b", "provider": "local",
+                                          "name": "Qwen/Qwen3-8B", "protocol": "openai-chat",
+                                          "reasoning": False, "key": "missing"}
+            assert rt.catalogue.source == str(tmp_path / "cody.toml")
+            for model in ("qwen3-8b", "local/Qwen/Qwen3-8B"):
+                r = await client.post("/api/v2/runs", json={
+                    "prompt": fx.prompt, "model": model, "tools": list(fx.tools)})
+                assert r.status_code == 202, await r.get_data()
+                run_id = (await r.get_json())["run_id"]
+                stored = await wait_stored(rt, run_id)
+                assert response_view(stored) == {**fx.expected, "model_id": model}
+                meta = await rt.log.get_meta(run_id)
+                assert (meta["provider_id"], meta["model_id"], meta["protocol"]) == (
+                    "local", model, "openai-chat")
