@@ -112,6 +112,10 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                        run_projector: bool = True) -> AsyncIterator[CodyRuntime]:
     # first, before Redis or the store: a malformed cody.toml is a start-up error
     catalogue = await trio.to_thread.run_sync(load_configured, config)
+    if config.replay and config.replay_auto and any(
+            catalogue.key_status(pid, config.provider_env()) == "set"
+            for pid in catalogue.providers):
+        config = config.model_copy(update={"replay": False})  # a file provider has its key
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if config.exec_enabled:
         hide_process_from_commands()  # exec: our /proc environ and memory hold the keys

@@ -73,6 +73,9 @@ class RuntimeConfig(BaseModel):
     ``<provider>/<name>``; None: ``default_provider``'s default model, else gpt-5-mini."""
     default_provider: str | None = None
     """With no ``default_model``: the provider whose default model such a run gets."""
+    replay_auto: bool = False
+    """``replay`` was chosen by default (no ``CODY_REPLAY``, ``--replay`` or ``--live``): the
+    factory then also goes live when the key of a provider of the catalogue file is set."""
     environ: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
     """The environment the catalogue's providers read their keys from (the variables that
     ``api_key_env`` names are only known once the file is read); never shown or dumped."""
@@ -246,5 +249,8 @@ class RuntimeConfig(BaseModel):
             values["replay"] = replay_env.lower() in ("1", "true", "yes", "on")
         else:
             values["replay"] = not (e.get("OPENAI_API_KEY") or e.get("ANTHROPIC_API_KEY"))
+            values["replay_auto"] = True
         values.update(overrides)
+        if "replay" in overrides:  # --replay / --live
+            values["replay_auto"] = False
         return cls.model_validate(values)

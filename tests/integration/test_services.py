@@ -6,7 +6,9 @@ from pathlib import Path
 
 import trio
 
+from actors.system import open_runtime
 from api.app import create_app
+from runtime.turns import TurnRequest
 from tests.harness import response_view
 from tests.integration.test_runtime import runtime_for, turn
 
@@ -77,3 +79,36 @@ async def test_the_catalogue_in_the_runtime(redis_url: str, key_prefix: str,
                 meta = await rt.log.get_meta(run_id)
                 assert (meta["provider_id"], meta["model_id"], meta["protocol"]) == (
                     "local", model, "openai-chat")
+
+
+async def test_a_file_providers_key_makes_the_server_live(redis_url: str, key_prefix: str,
+                                                          tmp_path: Path) -> None:
+    """No CODY_REPLAY and no OpenAI/Anthropic key, but the key of the file's provider: the
+    server is live, and a run of that provider goes over HTTP to it (the fake provider
+    server) with the catalogue's key and headers; ``--replay`` still forces replay."""
+    from runtime.config import RuntimeConfig
+    from tests.fake_provider import FakeProvider
+    from tests.integration.test_runtime import LIBRARY, WORKSPACE, wait_stored
+
+    fx = LIBRARY.get("local", "simple_message")
+    with FakeProvider(LIBRARY) as fake, trio.fail_after(30):
+        (tmp_path / "cody.toml").write_text(
+            f'[providers.local]\nprotocol = "openai-chat"\nbase_url = "{fake.chat_base_url}"\n'
+            'api_key_env = "LOCAL_API_KEY"\nheaders = { "X-Team" = "core" }\n'
+            '[models.qwen3-8b]\nprovider = "local"\nname = "Qwen/Qwen3-8B"\n')
+        env = {"CODY_DATA_DIR": str(tmp_path), "CODY_REDIS_URL": redis_url,
+               "CODY_KEY_PREFIX": key_prefix, "CODY_WORKSPACE": str(WORKSPACE),
+               "LOCAL_API_KEY": fake.api_key}
+        assert RuntimeConfig.from_env(env, replay=True).replay_auto is False
+        config = RuntimeConfig.from_env(env)
+        assert config.replay and config.replay_auto  # by the built-in keys alone: replay
+        async with open_runtime(config) as rt:
+            assert rt.config.replay is False
+            assert [m.key for m in rt.models.list_models()][-1] == "set"
+            accepted = await rt.submission.submit(TurnRequest(prompt=fx.prompt,
+                                                              model="qwen3-8b", tools=[]))
+            stored = await wait_stored(rt, accepted.run_id)
+    assert response_view(stored) == fx.expected
+    assert [r.body for r in fake.requests] == [fx.exchanges[0].request]
+    assert fake.requests[0].headers["Authorization"] == f"Bearer {fake.api_key}"
+    assert fake.requests[0].headers["X-Team"] == "core"
