@@ -50,7 +50,7 @@ from runtime.config import RuntimeConfig
 from runtime.errors import CodyError, is_infrastructure
 from runtime.ids import new_traceparent
 from runtime.reducer import ResponseReducer
-from runtime.schema import OutputItem, Response
+from runtime.schema import Response
 from runtime.turn_machine import (
     Append,
     Command,
@@ -77,26 +77,18 @@ class RunLog(Protocol):
     async def set_status(self, run_id: str, status: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class RunSpec:
-    run_id: str
-    thread_id: str
-    turn_id: str
-    agent_id: str | None
-    provider_id: str
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSpec(TurnSpec):
+    """The turn (``TurnSpec``, the machine's input) plus what only the driver needs: how to
+    ask the provider. A subclass, so the turn's fields are written once."""
+
     protocol: str
     """The provider's wire protocol (actors/providers/protocols.py): its request builder and
     stream normaliser."""
-    model_id: str
-    prompt: str
     settings: RequestSettings
-    history: tuple[OutputItem, ...]
-    """Earlier turns of the thread, in order, as the provider must see them again."""
 
     def turn(self) -> TurnSpec:
-        return TurnSpec(run_id=self.run_id, thread_id=self.thread_id, turn_id=self.turn_id,
-                        agent_id=self.agent_id, provider_id=self.provider_id,
-                        model_id=self.model_id, prompt=self.prompt, history=self.history)
+        return self
 
 
 @dataclass(frozen=True, slots=True)

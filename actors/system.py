@@ -18,6 +18,8 @@ The services, what the API calls (and all it may call)::
     reading      a run's Response (actor, store or replay), readers, 404 and 410
     threads      create, list, get with runs, update, delete
     lifecycle    ready, drain
+    admission    node, SSE and tenant limits (actors/admission.py)
+    security     API keys -> tenants, signed events tokens (runtime/auth.py)
     models       the catalogue's models and whether each provider's key is set
 
 Tests open as many runtimes side by side as they like, each with its own key prefix, data
@@ -33,6 +35,8 @@ from dataclasses import dataclass
 
 import trio
 
+from actors.admission import Admission
+from actors.datadir import events_secret, secure_data_dir
 from actors.janitor import Janitor
 from actors.lifecycle import Lifecycle
 from actors.local_runs import LocalRuns
@@ -46,6 +50,7 @@ from actors.reading import ReadingService
 from actors.submission import ActorLog, SubmissionService
 from actors.threads import ThreadService
 from actors.tools import hide_process_from_commands
+from runtime.auth import Security
 from runtime.catalogue import Catalogue, load_configured
 from runtime.clock import SystemClock, WallClock
 from runtime.config import RuntimeConfig
@@ -69,6 +74,8 @@ class Services:
     reading: ReadingService
     threads: ThreadService
     lifecycle: Lifecycle
+    admission: Admission
+    security: Security
     models: ModelService
 
 
@@ -110,13 +117,17 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                        workers: Callable[[CodyRuntime], Sequence[ChildSpec]] | None = None,
                        supervisor: SupervisorOptions | None = None,
                        run_projector: bool = True) -> AsyncIterator[CodyRuntime]:
-    # first, before Redis or the store: a malformed cody.toml is a start-up error
+    # first, before Redis, the store or the data dir: a malformed cody.toml stops start-up
     catalogue = await trio.to_thread.run_sync(load_configured, config)
     if config.replay and config.replay_auto and any(
             catalogue.key_status(pid, config.provider_env()) == "set"
             for pid in catalogue.providers):
         config = config.model_copy(update={"replay": False})  # a file provider has its key
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store_file = config.effective_store_path
+    secure_data_dir(config.data_dir, precreate=(store_file,) if config.store_url is None
+                    and store_file.parent.is_dir() else ())
+    security = Security(keys=config.api_keys, events_ttl_s=config.events_token_ttl_s,
+                        events_secret=events_secret(config.data_dir, config.events_secret))
     if config.exec_enabled:
         hide_process_from_commands()  # exec: our /proc environ and memory hold the keys
     async with AsyncExitStack() as stack:
@@ -135,7 +146,9 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             committer = GroupCommitter(event_log)
             await root.start(committer.run)
             runs = LocalRuns(await root.start(_hold_nursery))
-            reading = ReadingService(runs=runs, log_=event_log, store=store, clock=clock)
+            reading = ReadingService(runs=runs, log_=event_log, store=store, clock=clock,
+                                     tenants=security.enabled)
+            admission = Admission(config, log_=event_log, runs=runs, clock=clock)
             projector = None
             if run_projector:
                 projector = Projector(event_log, store, consumer=f"projector-{node_id}",
@@ -148,10 +161,12 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                 submission=SubmissionService(
                     config, runs=runs, log_=event_log, store=store, providers=providers,
                     clock=clock, node_id=node_id, actor_log=ActorLog(committer, event_log),
-                    reading=reading, catalogue=catalogue, provider_env=config.provider_env()),
+                    reading=reading, admission=admission, catalogue=catalogue,
+                    provider_env=config.provider_env()),
                 reading=reading,
                 threads=ThreadService(runs=runs, store=store),
                 lifecycle=Lifecycle(runs=runs, log_=event_log, store=store),
+                admission=admission, security=security,
                 models=ModelService(catalogue, config.provider_env()),
                 log=event_log, store=store, runs=runs, projector=projector,
                 catalogue=catalogue)
@@ -162,6 +177,8 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                               lease_ttl_s=config.lease_ttl_s,
                               interval_s=config.janitor_interval_s)
             children.append(ChildSpec("janitor", janitor.run, RestartPolicy.PERMANENT))
+            if config.max_tenant_runs:
+                children.append(ChildSpec("admission", admission.run, RestartPolicy.PERMANENT))
             if workers is not None:
                 children.extend(workers(runtime))
             if children:
