@@ -112,3 +112,19 @@ async def test_a_file_providers_key_makes_the_server_live(redis_url: str, key_pr
     assert [r.body for r in fake.requests] == [fx.exchanges[0].request]
     assert fake.requests[0].headers["Authorization"] == f"Bearer {fake.api_key}"
     assert fake.requests[0].headers["X-Team"] == "core"
+
+
+async def test_the_models_listing_needs_a_token_when_keys_are_on(
+        redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    token = "tok-models-0123456789"
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path,
+                               api_keys=(("team", token),)) as rt:
+            client = create_app(rt).test_client()
+            r = await client.get("/api/v2/models")
+            assert r.status_code == 401
+            assert (await r.get_json())["error"]["code"] == "UNAUTHORIZED"
+            r = await client.get("/api/v2/models", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200
+            ids = [m["id"] for m in (await r.get_json())["data"]]
+            assert ids == ["gpt-5-mini", "gpt-5-codex", "claude-haiku-4.5", "claude-sonnet-4.5"]
