@@ -52,7 +52,7 @@ from actors.tools import ToolResult, ToolRunner
 from runtime.clock import WallClock
 from runtime.config import RuntimeConfig
 from runtime.errors import CodyError, is_infrastructure
-from runtime.ids import new_traceparent
+from runtime.ids import child_traceparent, new_traceparent
 from runtime.reducer import ResponseReducer
 from runtime.schema import OutputItem, Response
 from runtime.turn_machine import (
@@ -117,6 +117,8 @@ class RunSpec:
     settings: RequestSettings
     history: tuple[OutputItem, ...]
     """Earlier turns of the thread, in order, as the provider must see them again."""
+    traceparent: str | None = None
+    """The run's W3C trace context (the submit's ``traceparent``); None: a new trace."""
 
     def turn(self) -> TurnSpec:
         return TurnSpec(run_id=self.run_id, thread_id=self.thread_id, turn_id=self.turn_id,
@@ -206,7 +208,8 @@ class RunActor:
         self._tools = tools
         self._limits = limits
         self._rng = rng or random.Random()
-        self.machine = TurnMachine(spec.turn(), traceparent=new_traceparent(),
+        self.traceparent = spec.traceparent or new_traceparent()
+        self.machine = TurnMachine(spec.turn(), traceparent=self.traceparent,
                                    now_ms=clock.now_ms,
                                    limits=TurnLimits(max_iterations=limits.max_iterations,
                                                      coalesce_max_chars=limits.coalesce_max_chars))
@@ -322,7 +325,8 @@ class RunActor:
         call = ProviderCall(run_id=spec.run_id, provider_id=spec.provider_id,
                             model_id=spec.model_id, prompt=spec.prompt, exchange=cmd.exchange,
                             body=build_request(spec.provider_id, cmd.items, self._tools.specs,
-                                               spec.settings))
+                                               spec.settings),
+                            traceparent=child_traceparent(self.traceparent))
         normaliser = new_normaliser(spec.provider_id, spec.run_id)
         send, receive = trio.open_memory_channel[bytes | Exception](self._limits.read_ahead)
         reader = self._work = trio.CancelScope()

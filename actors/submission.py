@@ -32,7 +32,7 @@ from runtime.errors import (
 )
 from runtime.eventlog import EventLog
 from runtime.group_commit import GroupCommitter
-from runtime.ids import new_uuid
+from runtime.ids import new_uuid, parse_traceparent
 from runtime.schema import OutputItem, Response
 from runtime.store import Store
 from runtime.turns import TurnAccepted, TurnRequest
@@ -134,7 +134,8 @@ class SubmissionService:
 
     # ------------------------------------------------------------------ submit and cancel
 
-    async def submit(self, req: TurnRequest) -> TurnAccepted:
+    async def submit(self, req: TurnRequest, *, traceparent: str | None = None) -> TurnAccepted:
+        """``traceparent``: the request's W3C header; valid, it becomes the run's trace."""
         self._runs.check_accepting()
         provider_id, model_id = self.resolve_model(req)
         provider = self._provider_for(provider_id)
@@ -158,6 +159,7 @@ class SubmissionService:
             settings=RequestSettings(model_name=entry.provider_model, reasoning_effort=effort,
                                      thinking_budget=budget),
             history=tuple(await self.history(thread_id)) if req.thread_id else (),
+            traceparent=parse_traceparent(traceparent),
         )
         runner = ToolRunner(cfg.workspace_root, enabled=tools, timeout_s=cfg.tool_timeout_s,
                             output_cap=cfg.tool_output_cap,

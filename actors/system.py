@@ -34,12 +34,14 @@ import trio
 from actors.janitor import Janitor
 from actors.lifecycle import Lifecycle
 from actors.local_runs import LocalRuns
+from actors.observability import MeteredActorLog, MeteredProvider, MetricsService
 from actors.projector import Projector
 from actors.providers.fixtures import FixtureLibrary, default_fixtures_dir
 from actors.providers.live import open_live_providers
 from actors.providers.provider import ModelProvider
 from actors.providers.replay import ReplayProvider
 from actors.reading import ReadingService
+from actors.run_listing import RunListingService
 from actors.submission import ActorLog, SubmissionService
 from actors.threads import ThreadService
 from actors.tools import hide_process_from_commands
@@ -49,6 +51,7 @@ from runtime.eventlog import EventLog, open_redis
 from runtime.group_commit import GroupCommitter
 from runtime.ids import new_uuid
 from runtime.keys import Keys
+from runtime.metrics import Metrics, ScrapeSources
 from runtime.redis_server import embedded_redis
 from runtime.store import Store, open_store
 from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise
@@ -65,6 +68,8 @@ class Services:
     reading: ReadingService
     threads: ThreadService
     lifecycle: Lifecycle
+    listing: RunListingService
+    observability: MetricsService
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,7 @@ class CodyRuntime(Services):
     store: Store
     runs: LocalRuns
     projector: Projector | None
+    metrics: Metrics
 
 
 @asynccontextmanager
@@ -113,10 +119,13 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             providers = await stack.enter_async_context(open_providers(config))
         node_id = new_uuid()
         clock = clock or SystemClock()
+        metrics = Metrics()
+        metered: dict[str, ModelProvider] = {k: MeteredProvider(p, metrics)
+                                             for k, p in providers.items()}
         async with trio.open_nursery() as root:
             committer = GroupCommitter(event_log)
             await root.start(committer.run)
-            runs = LocalRuns(await root.start(_hold_nursery))
+            runs = LocalRuns(await root.start(_hold_nursery), metrics)
             reading = ReadingService(runs=runs, log_=event_log, store=store, clock=clock)
             projector = None
             if run_projector:
@@ -128,13 +137,17 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             runtime = CodyRuntime(
                 config=config,
                 submission=SubmissionService(
-                    config, runs=runs, log_=event_log, store=store, providers=providers,
-                    clock=clock, node_id=node_id, actor_log=ActorLog(committer, event_log),
+                    config, runs=runs, log_=event_log, store=store, providers=metered,
+                    clock=clock, node_id=node_id,
+                    actor_log=MeteredActorLog(ActorLog(committer, event_log), metrics),
                     reading=reading),
                 reading=reading,
                 threads=ThreadService(runs=runs, store=store),
                 lifecycle=Lifecycle(runs=runs, log_=event_log, store=store),
-                log=event_log, store=store, runs=runs, projector=projector)
+                listing=RunListingService(runs=runs, log_=event_log, store=store,
+                                          reading=reading),
+                observability=MetricsService(metrics, log_=event_log, clock=clock),
+                log=event_log, store=store, runs=runs, projector=projector, metrics=metrics)
             children: list[ChildSpec] = []
             if projector is not None:
                 children.append(ChildSpec("projector", projector.run, RestartPolicy.PERMANENT))
@@ -142,6 +155,10 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                               lease_ttl_s=config.lease_ttl_s,
                               interval_s=config.janitor_interval_s)
             children.append(ChildSpec("janitor", janitor.run, RestartPolicy.PERMANENT))
+            metrics.attach(ScrapeSources(
+                runs_started=lambda: runs.stats.runs_started,
+                runs_live=lambda: len(runs.actors), slow_dropped=runs.slow_dropped,
+                janitor_endings=lambda: janitor.ended))
             if workers is not None:
                 children.extend(workers(runtime))
             if children:

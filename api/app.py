@@ -22,6 +22,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from actors.system import Services
+from api.console import register_console
 from api.errors import from_cody, from_http, from_unexpected, validation_failed
 from api.models import ThreadCreate, ThreadPatch
 from api.openapi import openapi_document
@@ -81,6 +82,7 @@ def create_app(services: Services) -> QuartTrio:
     config = services.config
     submission, reading = services.submission, services.reading
     threads, lifecycle = services.threads, services.lifecycle
+    observability = services.observability
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     max_body = config.max_body_bytes
@@ -93,7 +95,8 @@ def create_app(services: Services) -> QuartTrio:
     # ------------------------------------------------------------------ runs
 
     async def submit() -> Response:
-        accepted = await submission.submit(await _body(TurnRequest, max_body))
+        accepted = await submission.submit(await _body(TurnRequest, max_body),
+                                           traceparent=request.headers.get("traceparent"))
         return _model_json(accepted, 202)
 
     app.add_url_rule("/api/v2/runs", "submit", submit, methods=["POST"])
@@ -116,6 +119,7 @@ def create_app(services: Services) -> QuartTrio:
             return "", 204
 
         async def frames() -> AsyncIterator[bytes]:
+            observability.sse_client_opened()
             try:
                 yield STREAM_OPEN
                 while True:
@@ -128,6 +132,7 @@ def create_app(services: Services) -> QuartTrio:
                         return
             finally:
                 reader.close()  # unsubscribes at once, cancelled or not: no await needed
+                observability.sse_client_closed()
 
         response = Response(frames(), mimetype="text/event-stream", headers=SSE_HEADERS)
         response.timeout = None
@@ -183,6 +188,8 @@ def create_app(services: Services) -> QuartTrio:
         readiness = await lifecycle.ready()
         readiness.raise_unless_ready()
         return _json({"status": "ready", **readiness.as_dict()})
+
+    register_console(app, services)  # /, /console/*, GET /api/v2/runs, /metrics
 
     @app.get("/openapi.json")
     async def openapi() -> Response:

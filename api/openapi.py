@@ -8,7 +8,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from api.console import console_paths
 from api.models import ErrorBody, ThreadCreate, ThreadPatch
+from runtime.runs_listing import RunPage
 from runtime.schema import Response, StreamEvent
 from runtime.store import Thread
 from runtime.turns import TurnAccepted, TurnRequest
@@ -33,7 +35,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 @cache
 def openapi_document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [TurnRequest, TurnAccepted, Response, StreamEvent, Thread,
-                                     ThreadCreate, ThreadPatch, ErrorBody]
+                                     ThreadCreate, ThreadPatch, ErrorBody, RunPage]
     _, defs = models_json_schema([(m, "validation") for m in models],
                                  ref_template="#/components/schemas/{model}")
     schemas = defs.get("$defs", {})
@@ -111,6 +113,8 @@ def openapi_document() -> dict[str, Any]:
                                   "responses": {"200": {"description": "ready"},
                                                 **_errors(503)}}},
     }
+    for path, ops in console_paths().items():  # -- console
+        paths.setdefault(path, {}).update(ops)
     return {"openapi": "3.1.0",
             "info": {"title": "Cody Core", "version": "0.1.0"},
             "paths": paths,
