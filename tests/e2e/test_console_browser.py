@@ -1,0 +1,221 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright (sync API, so
+these are plain sync tests; pytest-trio runs them as they are), against one real
+``cody serve`` per module, through a loopback TCP proxy that a test cuts to drop the page's
+connections mid-run.
+
+The server replays ``tests/console_fixture.py`` (thinking, a read_file call, then 80 numbered
+words) with a pause between SSE blocks, so a run lasts a few seconds: long enough to watch it
+arrive, cut it, cancel it.
+
+Skipped (with the reason) only where ``/usr/bin/chromium`` is missing; ``.ci/run`` installs it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.console_fixture import MODEL, PROMPT, THINKING, answer_text
+from tests.e2e.conftest import _drop_keys
+from tests.e2e.server import WORKSPACE, ServerProcess, base_env
+from tests.tcp_proxy import TcpProxy
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 20_000
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="no /usr/bin/chromium (apt-get install chromium)")
+
+
+class ThreadedProxy:
+    """tests/tcp_proxy.py's proxy in a trio loop of its own thread (the tests are sync)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.proxy = TcpProxy("127.0.0.1", target_port)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ThreadedProxy:
+        ready = threading.Event()
+
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                await nursery.start(self.proxy.serve)
+                ready.set()
+
+        self._thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "proxy did not start"
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}"
+
+    def cut(self) -> None:
+        trio.from_thread.run_sync(self.proxy.cut, trio_token=self._token)
+
+    def restore(self) -> None:
+        trio.from_thread.run(self.proxy.restore, trio_token=self._token)
+
+    def stop(self) -> None:
+        assert self._scope is not None and self._thread is not None
+        trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    from tests.console_fixture import write_console_fixtures
+
+    root = tmp_path_factory.mktemp("console")
+    fixtures = write_console_fixtures(root / "fixtures")
+    data = root / "data"
+    data.mkdir()
+    prefix = f"e2e-console-{uuid.uuid4().hex[:12]}"
+    proc = ServerProcess(data, base_env(
+        CODY_REDIS_URL="redis://127.0.0.1:6379/0", CODY_KEY_PREFIX=prefix, CODY_REPLAY="1",
+        CODY_FIXTURES_DIR=str(fixtures), CODY_REPLAY_DELAY_S="0.05",
+        CODY_WORKSPACE=str(WORKSPACE), CODY_DEFAULT_PROVIDER="anthropic",
+        CODY_DEFAULT_MODEL=MODEL, CODY_RETENTION_S="300", CODY_LOG_LEVEL="info"))
+    proc.start()
+    yield proc
+    proc.stop()
+    _drop_keys(prefix)
+
+
+@pytest.fixture(scope="module")
+def proxy(server: ServerProcess) -> Iterator[ThreadedProxy]:
+    p = ThreadedProxy(server.port).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    p = context.new_page()
+    yield p
+    context.close()
+
+
+def _start_turn(page: Page, base: str, prompt: str = PROMPT) -> None:
+    page.goto(f"{base}/#/threads/new")
+    page.get_by_test_id("prompt-input").fill(prompt)
+    picker = page.locator("[data-testid=model-select], [data-testid=model-input]")
+    if picker.get_attribute("data-testid") == "model-select":
+        picker.select_option(MODEL)
+    else:  # the server has no GET /api/v2/models: a text field
+        picker.fill(MODEL)
+    page.get_by_test_id("send").click()
+
+
+def test_thread_view_runs_a_turn_with_thinking_a_tool_call_and_text(
+        page: Page, proxy: ThreadedProxy) -> None:
+    _start_turn(page, proxy.url)
+    turn = page.get_by_test_id("turn").first
+    expect(turn.get_by_test_id("prompt")).to_have_text(PROMPT, timeout=TIMEOUT_MS)
+    reasoning = turn.get_by_test_id("reasoning")
+    expect(reasoning).to_be_visible()
+    expect(reasoning.locator("details")).not_to_have_attribute("open", "")  # collapsed
+    expect(turn.get_by_test_id("tool-name")).to_have_text("read_file")
+    expect(turn.get_by_test_id("tool-args")).to_have_text('{"path": "notes.txt"}')
+    expect(turn.get_by_test_id("tool-output")).to_contain_text("Cody Core notes")
+    expect(turn.get_by_test_id("message-text")).to_contain_text("w001")
+    expect(turn).to_have_attribute("data-status", "in_progress")  # text arrives as it runs
+    expect(turn).to_have_attribute("data-status", "complete")
+    assert turn.get_by_test_id("reasoning-text").text_content() == "".join(THINKING)
+    assert turn.get_by_test_id("message-text").text_content() == answer_text()
+    expect(turn.get_by_test_id("usage")).to_contain_text("tokens:")
+    assert re.search(r"#/threads/[0-9a-f-]{36}$", page.url)
+
+    # the thread view from the server: every turn of the thread, and a box for the next one
+    page.reload()
+    turn = page.get_by_test_id("turn")
+    expect(turn).to_have_count(1)
+    expect(turn).to_have_attribute("data-status", "complete")
+    assert turn.get_by_test_id("message-text").text_content() == answer_text()
+    expect(page.get_by_test_id("prompt-input")).to_be_visible()
+
+
+def test_a_dropped_stream_resumes_with_no_duplicated_text(page: Page,
+                                                          proxy: ThreadedProxy) -> None:
+    _start_turn(page, proxy.url)
+    turn = page.get_by_test_id("turn").first
+    text = turn.get_by_test_id("message-text")
+    expect(text).to_contain_text("w010", timeout=TIMEOUT_MS)
+    before = proxy.proxy.connections
+    proxy.cut()  # every connection of the page drops, mid-text
+    cut_at = text.text_content() or ""
+    assert cut_at != answer_text()
+    time.sleep(1.0)
+    proxy.restore()
+    full = answer_text()
+    deadline = time.monotonic() + 30
+    seen = []
+    while time.monotonic() < deadline:
+        shown = text.text_content() or ""
+        seen.append(shown)
+        assert full.startswith(shown), f"not a prefix of the answer: {shown!r}"
+        if turn.get_attribute("data-status") == "complete":
+            break
+        time.sleep(0.05)
+    assert text.text_content() == full
+    assert proxy.proxy.connections > before  # it came back through the proxy
+    assert len(set(seen)) > 2  # and was watched arriving after the cut
+
+
+def test_cancel_button_aborts_the_run(page: Page, proxy: ThreadedProxy) -> None:
+    _start_turn(page, proxy.url)
+    turn = page.get_by_test_id("turn").first
+    expect(turn.get_by_test_id("reasoning")).to_be_visible()
+    turn.get_by_test_id("cancel").click()
+    expect(turn).to_have_attribute("data-status", "aborted")
+    expect(turn.get_by_test_id("cancel")).to_be_hidden()
+    expect(turn.get_by_test_id("run-error")).to_contain_text("aborted")
+
+
+def test_runs_list_updates_live(page: Page, proxy: ThreadedProxy,
+                                server: ServerProcess) -> None:
+    page.goto(f"{proxy.url}/#/")
+    expect(page.get_by_test_id("runs-table")).to_be_visible()
+    r = httpx.post(f"{server.base_url}/api/v2/runs", json={"prompt": "list me", "model": MODEL},
+                   timeout=10)
+    assert r.status_code == 202
+    run_id = r.json()["run_id"]
+    row = page.locator(f"tr[data-run-id='{run_id}']")
+    expect(row).to_be_visible()
+    expect(row).to_have_attribute("data-status", re.compile("queued|in_progress"))
+    expect(row).to_have_attribute("data-status", "complete")
+    expect(row.get_by_test_id("row-tokens")).not_to_have_text("–")
+    # the run view of an ended run: from its Response
+    row.locator("a").first.click()
+    turn = page.get_by_test_id("turn")
+    expect(turn).to_have_attribute("data-status", "complete")
+    assert turn.get_by_test_id("message-text").text_content() == answer_text()
+    expect(turn.get_by_test_id("thread-link")).to_have_attribute(
+        "href", f"#/threads/{r.json()['thread_id']}")
