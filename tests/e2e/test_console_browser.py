@@ -13,21 +13,18 @@ Skipped (with the reason) only where ``/usr/bin/chromium`` is missing; ``.ci/run
 from __future__ import annotations
 
 import re
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import trio
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.console_fixture import MODEL, PROMPT, THINKING, answer_text
-from tests.e2e.conftest import _drop_keys
-from tests.e2e.server import WORKSPACE, ServerProcess, base_env
-from tests.tcp_proxy import TcpProxy
+from tests.e2e.console_server import console_server
+from tests.e2e.server import ServerProcess
+from tests.threaded_proxy import ThreadedProxy
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -39,64 +36,10 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="no /usr/bin/chromium (apt-get install chromium)")
 
 
-class ThreadedProxy:
-    """tests/tcp_proxy.py's proxy in a trio loop of its own thread (the tests are sync)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.proxy = TcpProxy("127.0.0.1", target_port)
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._scope: trio.CancelScope | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> ThreadedProxy:
-        ready = threading.Event()
-
-        async def main() -> None:
-            self._token = trio.lowlevel.current_trio_token()
-            async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
-                await nursery.start(self.proxy.serve)
-                ready.set()
-
-        self._thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
-        self._thread.start()
-        assert ready.wait(10), "proxy did not start"
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.proxy.port}"
-
-    def cut(self) -> None:
-        trio.from_thread.run_sync(self.proxy.cut, trio_token=self._token)
-
-    def restore(self) -> None:
-        trio.from_thread.run(self.proxy.restore, trio_token=self._token)
-
-    def stop(self) -> None:
-        assert self._scope is not None and self._thread is not None
-        trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
-        self._thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    from tests.console_fixture import write_console_fixtures
-
-    root = tmp_path_factory.mktemp("console")
-    fixtures = write_console_fixtures(root / "fixtures")
-    data = root / "data"
-    data.mkdir()
-    prefix = f"e2e-console-{uuid.uuid4().hex[:12]}"
-    proc = ServerProcess(data, base_env(
-        CODY_REDIS_URL="redis://127.0.0.1:6379/0", CODY_KEY_PREFIX=prefix, CODY_REPLAY="1",
-        CODY_FIXTURES_DIR=str(fixtures), CODY_REPLAY_DELAY_S="0.05",
-        CODY_WORKSPACE=str(WORKSPACE), CODY_DEFAULT_PROVIDER="anthropic",
-        CODY_DEFAULT_MODEL=MODEL, CODY_RETENTION_S="300", CODY_LOG_LEVEL="info"))
-    proc.start()
-    yield proc
-    proc.stop()
-    _drop_keys(prefix)
+    with console_server(tmp_path_factory.mktemp("console")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
