@@ -21,12 +21,12 @@ from typing import Any, TextIO
 import httpx
 import trio
 
-from runtime.config import RuntimeConfig
 from runtime.sse import SSEDecoder
 
 
 def _serve(args: argparse.Namespace) -> int:
     from api.server import serve
+    from runtime.config import RuntimeConfig  # not at the top: the client commands start faster
 
     overrides: dict[str, object] = {}
     if args.host:
