@@ -34,11 +34,17 @@ metrics service before each scrape (it needs Redis).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -81,6 +87,33 @@ class ScrapeCollector(Collector):
                                   value=s.janitor_endings())
 
 
+class HotPath(Collector):
+    """The per-batch metrics as plain numbers (no lock, no label lookup: ~0.3 us a batch),
+    exported at scrape: the events counter and the Redis append latency histogram."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.events = 0
+        self.bounds = tuple(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe_append(self, events: int, seconds: float) -> None:
+        self.events += events
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("cody_events_appended",
+                                  "Events appended to Redis by run actors.", value=self.events)
+        cumulative, running = [], 0
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            running += n
+            cumulative.append((bound, float(running)))
+        yield HistogramMetricFamily("cody_redis_append_seconds",
+                                    "One batch append of a run actor (group commit included).",
+                                    buckets=cumulative, sum_value=self.total)
+
+
 class Metrics:
     """One per runtime (``CodyRuntime.metrics``); the API renders it at ``/metrics``."""
 
@@ -89,8 +122,8 @@ class Metrics:
         r = self.registry
         self.runs_finished = Counter("cody_runs_finished", "Runs whose actor ended, by status.",
                                      ["status"], registry=r)
-        self.events_appended = Counter("cody_events_appended",
-                                       "Events appended to Redis by run actors.", registry=r)
+        self.hot = HotPath(_LATENCY_BUCKETS)
+        r.register(self.hot)
         self.tokens = Counter("cody_tokens", "Tokens of finished runs.",
                               ["provider", "model", "kind"], registry=r)
         self.sse_clients = Gauge("cody_sse_clients", "SSE connections open now.", registry=r)
@@ -101,9 +134,6 @@ class Metrics:
             "cody_provider_request_duration_seconds",
             "One model request: from opening it to the end of its body (or its failure).",
             ["provider", "model"], buckets=_REQUEST_BUCKETS, registry=r)
-        self.redis_append = Histogram("cody_redis_append_seconds",
-                                      "One batch append of a run actor (group commit included).",
-                                      buckets=_LATENCY_BUCKETS, registry=r)
         self.projector_lag = Gauge("cody_projector_lag_seconds",
                                    "Age of the oldest checkpoint not yet persisted (0: none).",
                                    registry=r)
@@ -132,8 +162,7 @@ class Metrics:
     def appended(self, run_id: str, events: Sequence[bytes], seconds: float, now: float) -> None:
         """One batch stored: per batch, never per event, except a run's first batches are
         peeked at until one holds an ``item_delta`` (the first token)."""
-        self.events_appended.inc(len(events))
-        self.redis_append.observe(seconds)
+        self.hot.observe_append(len(events), seconds)
         if self._first_token and run_id in self._first_token:
             for raw in events:
                 if _ITEM_DELTA in raw:
