@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from tests.console_fixture import MODEL, PROMPT, THINKING, answer_text
 from tests.e2e.console_server import console_server
@@ -31,6 +31,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 20_000
+expect.set_options(timeout=TIMEOUT_MS)
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="no /usr/bin/chromium (apt-get install chromium)")
@@ -69,12 +70,16 @@ def page(browser: Browser) -> Iterator[Page]:
 def _start_turn(page: Page, base: str, prompt: str = PROMPT) -> None:
     page.goto(f"{base}/#/threads/new")
     page.get_by_test_id("prompt-input").fill(prompt)
+    _pick_model(page)
+    page.get_by_test_id("send").click()
+
+
+def _pick_model(page: Page) -> None:
     picker = page.locator("[data-testid=model-select], [data-testid=model-input]")
     if picker.get_attribute("data-testid") == "model-select":
         picker.select_option(MODEL)
     else:  # the server has no GET /api/v2/models: a text field
         picker.fill(MODEL)
-    page.get_by_test_id("send").click()
 
 
 def test_thread_view_runs_a_turn_with_thinking_a_tool_call_and_text(
@@ -162,3 +167,59 @@ def test_runs_list_updates_live(page: Page, proxy: ThreadedProxy,
     assert turn.get_by_test_id("message-text").text_content() == answer_text()
     expect(turn.get_by_test_id("thread-link")).to_have_attribute(
         "href", f"#/threads/{r.json()['thread_id']}")
+
+
+def test_with_api_keys_the_console_asks_for_a_key_and_never_puts_it_in_a_url(
+        page: Page, proxy: ThreadedProxy) -> None:
+    """The server's side of API keys (401 without ``Authorization: Bearer``, a signed
+    ``events_url``) is played by request interception in the browser, so what is checked is
+    the page: it asks for the key on a 401, sends it as a header on every API call, streams
+    through the signed events_url as given, and no URL it requests holds the key."""
+    key = "console-test-key-0123456789"
+    urls: list[str] = []
+    bearer: list[bool] = []
+
+    def gate(route: Route) -> None:
+        req = route.request
+        urls.append(req.url)
+        if "/api/v2/" not in req.url:
+            route.continue_()
+            return
+        if "/events" in req.url and "token=signed-by-server" in req.url:
+            route.continue_()  # the signed URL is enough, as on a real server
+            return
+        authorized = req.headers.get("authorization") == f"Bearer {key}"
+        bearer.append(authorized)
+        if not authorized:
+            route.fulfill(status=401, headers={"WWW-Authenticate": 'Bearer realm="cody"'},
+                          json={"error": {"code": "UNAUTHORIZED", "message": "a key, please"}})
+        elif req.method == "POST" and req.url.endswith("/api/v2/runs"):
+            answer = route.fetch()
+            accepted = answer.json()
+            accepted["events_url"] += "?token=signed-by-server"
+            route.fulfill(response=answer, json=accepted)
+        else:
+            route.continue_()
+
+    page.route("**/*", gate)
+    page.goto(f"{proxy.url}/#/threads/new")
+    dialog = page.get_by_test_id("key-dialog")
+    expect(dialog).to_be_visible()
+    page.get_by_test_id("key-input").fill(key)
+    page.get_by_test_id("key-submit").click()
+    expect(dialog).to_be_hidden()
+    page.get_by_test_id("prompt-input").fill(PROMPT)
+    _pick_model(page)
+    page.get_by_test_id("send").click()
+    turn = page.get_by_test_id("turn").first
+    expect(turn).to_have_attribute("data-status", "complete")
+    assert turn.get_by_test_id("message-text").text_content() == answer_text()
+    # the next turn of the thread, from the box under it
+    page.get_by_test_id("prompt-input").fill("And again.")
+    page.get_by_test_id("send").click()
+    turns = page.get_by_test_id("turn")
+    expect(turns).to_have_count(2)
+    expect(turns.nth(1)).to_have_attribute("data-status", "complete")
+    assert any("/events?token=signed-by-server" in u for u in urls)
+    assert not any(key in u for u in urls)
+    assert bearer and bearer[0] is False and all(bearer[1:])  # asked once, then always sent
