@@ -195,3 +195,24 @@ async def test_traceparent_of_the_submit_is_the_runs_trace_and_reaches_the_provi
             assert trace_id not in first.trace_context.traceparent
             assert fake.requests[-1].headers.get("traceparent", "").split("-")[1] \
                 == first.trace_context.traceparent.split("-")[1]
+
+
+async def test_openapi_documents_the_listing_metrics_and_console(
+        redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path) as rt:
+            client = create_app(rt).test_client()
+            doc = await (await client.get("/openapi.json")).get_json()
+            runs = doc["paths"]["/api/v2/runs"]
+            assert {"get", "post"} <= set(runs)
+            params = {p["name"] for p in runs["get"]["parameters"]}
+            assert params == {"status", "thread_id", "model", "since", "limit", "cursor"}
+            page = doc["components"]["schemas"]["RunPage"]
+            assert set(page["properties"]) == {"data", "next_cursor"}
+            summary = doc["components"]["schemas"]["RunSummary"]
+            assert {"run_id", "thread_id", "status", "model", "created_at", "ended_at",
+                    "usage", "duration_ms"} <= set(summary["properties"])
+            assert "/metrics" in doc["paths"] and "/" in doc["paths"]
+            r = await client.get("/")
+            assert r.status_code == 200 and "text/html" in r.headers["Content-Type"]
+            assert (await client.get("/console/nope.js")).status_code == 404
