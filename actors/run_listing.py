@@ -3,23 +3,36 @@ flight (``runtime/runs_listing.py`` decides how).
 
 Runs in flight, freshest view first: this node's actors (their snapshot), this node's
 just-finished runs, and every other run in the live-run registry in Redis (a run on another
-node, replayed from its stream: one read of its stream per such run in the page's range, which
-is why the registry is read once and the filters that need no Response are applied first). A
-run in flight is shown only to the tenant owning its thread (submit creates the thread first).
+node). A run on another node is first seen through its stream's first entry only (its
+``response_start``: ids, model, ``created_at``: one ``XRANGE … COUNT 1``), which is enough to
+place it; only the few that can be on the page (in its key range, matching the filters, the
+newest ``limit`` of them) are replayed from their stream for their status and usage. A run in
+flight is shown only to the tenant owning its thread (submit creates the thread first), checked
+for those same few only. So a poll costs the store page, one registry read, one small read per
+remote live run, and at most ``limit`` replays and thread lookups.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from actors.local_runs import LocalRuns
 from actors.reading import ReadingService
+from runtime.envelope import decode_event
 from runtime.errors import NotFound
 from runtime.eventlog import EventLog
-from runtime.runs_listing import RunPage, in_page_range, matches, merge_page
-from runtime.schema import Response
+from runtime.runs_listing import RunPage, in_page_range, listing_key, matches, merge_page
+from runtime.schema import Response, ResponseStart
 from runtime.store import Store
 from runtime.store.protocol import DEFAULT_TENANT, RunQuery
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    resp: Response
+    full: bool
+    """False: a placeholder from the run's ``response_start`` (status and usage unknown)."""
 
 
 class RunListingService:
@@ -47,35 +60,64 @@ class RunListingService:
         stored_ids = {r.id for r in stored}
         # a view of a stored row replaces it (the store's rows are the tenant's already);
         # any other view is listed only if it matches and its thread is the tenant's
-        views = [r for r in await self._in_flight()
-                 if in_page_range(r, query, stored, store_next)
-                 and (r.id in stored_ids or matches(r, query))]
-        owned = [r for r in views if r.id in stored_ids] + await self._owned(
-            [r for r in views if r.id not in stored_ids], tenant)
-        return merge_page(query, stored, store_next, owned)
+        views = sorted((v for v in await self._in_flight()
+                        if in_page_range(v.resp, query, stored, store_next)
+                        and (v.resp.id in stored_ids or matches(v.resp, query))),
+                       key=lambda v: listing_key(v.resp), reverse=True)
+        owners: dict[str, bool] = {}
+        chosen: list[Response] = []
+        extra = 0
+        for v in views:
+            if v.resp.id not in stored_ids:
+                if extra >= query.limit:  # older than a full page of newer ones: not shown
+                    continue
+                tid = v.resp.thread_id
+                if tid not in owners:
+                    owners[tid] = await self._store.get_thread(tid, tenant=tenant) is not None
+                if not owners[tid]:
+                    continue
+                extra += 1
+            resp = v.resp if v.full else await self._replayed(v.resp.id)
+            if resp is not None:
+                chosen.append(resp)
+        return merge_page(query, stored, store_next, chosen)
 
-    async def _in_flight(self) -> list[Response]:
-        views: dict[str, Response] = {r.id: r for r in self._runs.recent.responses.values()}
+    async def _in_flight(self) -> list[_View]:
+        views = {r.id: _View(r, True) for r in self._runs.recent.responses.values()}
         local: set[str] = set()
         for actor in self._runs:
             local.add(actor.run_id)
-            views[actor.run_id] = await self._reading.get_response(actor.run_id)
-        for run_id in await self._log.live_runs():
-            if run_id in local:
-                continue
             try:
-                views[run_id] = await self._reading.get_response(run_id)
-            except NotFound:  # ended and expired since the registry was read
+                views[actor.run_id] = _View(await self._reading.get_response(actor.run_id),
+                                            True)
+            except NotFound:
                 continue
+        for run_id in await self._log.live_runs():
+            if run_id in local or run_id in views:
+                continue
+            placeholder = await self._placeholder(run_id)
+            if placeholder is not None:
+                views[run_id] = _View(placeholder, False)
         return list(views.values())
 
-    async def _owned(self, views: list[Response], tenant: str) -> list[Response]:
-        owners: dict[str, bool] = {}
-        out = []
-        for r in views:
-            if r.thread_id not in owners:
-                owners[r.thread_id] = await self._store.get_thread(
-                    r.thread_id, tenant=tenant) is not None
-            if owners[r.thread_id]:
-                out.append(r)
-        return out
+    async def _placeholder(self, run_id: str) -> Response | None:
+        """The run as its ``response_start`` has it (None before it is written)."""
+        first = await self._log.read_after(run_id, "0-0", 1)
+        if not first:
+            return None
+        try:
+            payload = decode_event(first[0][1]).payload
+        except ValueError:  # a poison stream: the replay will say so, if it is ever shown
+            return None
+        if not isinstance(payload, ResponseStart):
+            return None
+        return Response(id=run_id, turn_id=payload.turn_id, thread_id=payload.thread_id,
+                        agent_id=payload.agent_id, model_id=payload.model_id,
+                        provider_id=payload.provider_id, created_at=payload.created_at,
+                        updated_at=payload.created_at, status="in_progress")
+
+    async def _replayed(self, run_id: str) -> Response | None:
+        try:
+            return await self._reading.get_response(run_id)
+        except NotFound:  # ended and expired meanwhile
+            return None

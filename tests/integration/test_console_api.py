@@ -153,9 +153,10 @@ async def test_metrics_count_what_ran(redis_url: str, key_prefix: str, tmp_path:
 
 async def test_metrics_of_one_runtime_are_its_own(redis_url: str, key_prefix: str,
                                                   tmp_path: Path) -> None:
+    store = f"sqlite://{tmp_path / 'shared.db'}"  # one queue on one prefix: one store
     with trio.fail_after(30):
-        async with runtime_for(redis_url, key_prefix, tmp_path / "a") as a, \
-                runtime_for(redis_url, key_prefix, tmp_path / "b") as b:
+        async with runtime_for(redis_url, key_prefix, tmp_path / "a", store_url=store) as a, \
+                runtime_for(redis_url, key_prefix, tmp_path / "b", store_url=store) as b:
             accepted = await a.submission.submit(turn("openai", "simple_message"))
             await wait_stored(a, accepted.run_id)
             got_a = _samples(a.metrics.render().decode())
