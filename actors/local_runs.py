@@ -11,7 +11,7 @@ before it reaches the store.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -91,14 +91,17 @@ class LocalRuns:
     def release(self, run_id: str) -> None:
         self.actors.pop(run_id, None)
 
-    def start(self, actor: RunActor) -> None:
+    def start(self, actor: RunActor,
+              on_end: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run ``actor``; ``on_end`` (shielded: it must bound itself) once it is gone."""
         self.stats.runs_started += 1
         spec = actor.spec
         self.metrics.run_started(spec.run_id, spec.provider_id, spec.model_id,
                                  trio.current_time())
-        self._nursery.start_soon(self._run, actor)
+        self._nursery.start_soon(self._run, actor, on_end)
 
-    async def _run(self, actor: RunActor) -> None:
+    async def _run(self, actor: RunActor,
+                   on_end: Callable[[], Awaitable[None]] | None = None) -> None:
         try:
             await actor.run()
         finally:
@@ -112,6 +115,9 @@ class LocalRuns:
             self.metrics.run_finished(spec.run_id, snap.status if snap else "error",
                                       spec.provider_id, spec.model_id,
                                       snap.usage if snap else None)
+            if on_end is not None:
+                with trio.CancelScope(shield=True):
+                    await on_end()
 
     def slow_dropped(self) -> int:
         """Every subscriber cut off for being slow, by runs here now or before (monotonic:

@@ -105,25 +105,17 @@ class RunLog(Protocol):
     async def set_status(self, run_id: str, status: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class RunSpec:
-    run_id: str
-    thread_id: str
-    turn_id: str
-    agent_id: str | None
-    provider_id: str
-    model_id: str
-    prompt: str
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSpec(TurnSpec):
+    """The turn (``TurnSpec``, the machine's input) plus what only the driver needs: how to
+    ask the provider. A subclass, so the turn's fields are written once."""
+
     settings: RequestSettings
-    history: tuple[OutputItem, ...]
-    """Earlier turns of the thread, in order, as the provider must see them again."""
     traceparent: str | None = None
     """The run's W3C trace context (the submit's ``traceparent``); None: a new trace."""
 
     def turn(self) -> TurnSpec:
-        return TurnSpec(run_id=self.run_id, thread_id=self.thread_id, turn_id=self.turn_id,
-                        agent_id=self.agent_id, provider_id=self.provider_id,
-                        model_id=self.model_id, prompt=self.prompt, history=self.history)
+        return self
 
 
 @dataclass(frozen=True, slots=True)

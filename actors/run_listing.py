@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from actors.local_runs import LocalRuns
 from actors.reading import ReadingService
+from runtime.clock import WallClock
 from runtime.envelope import decode_event
 from runtime.errors import NotFound
 from runtime.eventlog import EventLog
@@ -37,8 +38,9 @@ class _View:
 
 class RunListingService:
     def __init__(self, *, runs: LocalRuns, log_: EventLog, store: Store,
-                 reading: ReadingService) -> None:
+                 reading: ReadingService, clock: WallClock) -> None:
         self._runs = runs
+        self._clock = clock
         self._log = log_
         self._store = store
         self._reading = reading
@@ -77,7 +79,7 @@ class RunListingService:
                 if not owners[tid]:
                     continue
                 extra += 1
-            resp = v.resp if v.full else await self._replayed(v.resp.id)
+            resp = v.resp if v.full else await self._replayed(v.resp.id, tenant)
             if resp is not None:
                 chosen.append(resp)
         return merge_page(query, stored, store_next, chosen)
@@ -85,13 +87,17 @@ class RunListingService:
     async def _in_flight(self) -> list[_View]:
         views = {r.id: _View(r, True) for r in self._runs.recent.responses.values()}
         local: set[str] = set()
+        now = self._clock.now_ms()
         for actor in self._runs:
             local.add(actor.run_id)
-            try:
-                views[actor.run_id] = _View(await self._reading.get_response(actor.run_id),
-                                            True)
-            except NotFound:
-                continue
+            snap = actor.snapshot()
+            if snap is None:  # accepted, its actor not yet past response_start
+                spec = actor.spec
+                snap = Response(id=spec.run_id, turn_id=spec.turn_id, thread_id=spec.thread_id,
+                                agent_id=spec.agent_id, model_id=spec.model_id,
+                                provider_id=spec.provider_id, created_at=now, updated_at=now,
+                                status="queued")
+            views[actor.run_id] = _View(snap, True)
         for run_id in await self._log.live_runs():
             if run_id in local or run_id in views:
                 continue
@@ -116,8 +122,8 @@ class RunListingService:
                         provider_id=payload.provider_id, created_at=payload.created_at,
                         updated_at=payload.created_at, status="in_progress")
 
-    async def _replayed(self, run_id: str) -> Response | None:
+    async def _replayed(self, run_id: str, tenant: str) -> Response | None:
         try:
-            return await self._reading.get_response(run_id)
-        except NotFound:  # ended and expired meanwhile
+            return await self._reading.get_response(run_id, tenant=tenant)
+        except NotFound:  # ended and expired meanwhile (or, with keys, not the tenant's)
             return None

@@ -21,13 +21,13 @@ from typing import Any, TextIO
 import httpx
 import trio
 
+from runtime.auth import check_bind
+from runtime.config import RuntimeConfig
+from runtime.errors import ValidationFailed
 from runtime.sse import SSEDecoder
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from api.server import serve
-    from runtime.config import RuntimeConfig  # not at the top: the client commands start faster
-
     overrides: dict[str, object] = {}
     if args.host:
         overrides["host"] = args.host
@@ -45,9 +45,18 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["exec_enabled"] = True
     if args.workspace:
         overrides["workspace_root"] = Path(args.workspace)
+    if args.insecure:
+        overrides["insecure"] = True
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = RuntimeConfig.from_env(None, **overrides)
+    try:  # before the server's imports: a refused bind says so at once
+        check_bind(config.host, has_keys=bool(config.api_keys), insecure=config.insecure)
+    except ValidationFailed as exc:
+        print(f"cody: fatal: {exc}", file=sys.stderr, flush=True)
+        return 1
+    from api.server import serve
+
     try:
         trio.run(serve, config)
     except (Exception, BaseExceptionGroup) as exc:
@@ -232,7 +241,11 @@ async def _follow(client: httpx.AsyncClient, events_url: str, printer: TurnPrint
 
 
 def _client(args: argparse.Namespace) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=_server_url(args), timeout=httpx.Timeout(10.0, read=None))
+    """A client of the server; with ``CODY_API_KEY`` every request carries it as Bearer."""
+    api_key = os.environ.get("CODY_API_KEY")
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.AsyncClient(base_url=_server_url(args), timeout=httpx.Timeout(10.0, read=None),
+                             headers=auth)
 
 
 def _printer() -> TurnPrinter:
@@ -374,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--live", action="store_true", help="call the real providers")
     s.add_argument("--exec", action="store_true", help="enable the exec tool (CODY_EXEC=1)")
     s.add_argument("--workspace", help="tool workspace root (CODY_WORKSPACE, default cwd)")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without CODY_API_KEYS (CODY_INSECURE=1)")
     s.add_argument("--log-level", default=os.environ.get("CODY_LOG_LEVEL", "warning"))
 
     server = os.environ.get("CODY_SERVER", "http://127.0.0.1:8080")

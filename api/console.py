@@ -4,8 +4,9 @@
 The console is plain HTML, JS and CSS in ``api/static`` (package data: a wheel ships it; no
 build step). The files are read once when the app is built and served from memory, each with
 its content type and ``no-cache`` (a server upgrade must not leave an old console running
-against a new API). ``/`` and its files stay open when API keys are on: the page asks for a key
-and sends it itself (``Authorization: Bearer``; never in a URL).
+against a new API). ``/`` and its files stay open when API keys are on (api/auth.py): the page
+asks for a key and sends it itself (``Authorization: Bearer``; never in a URL); the listing and
+``/metrics`` need the key.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from actors.system import Services
+from api.auth import current_tenant
 from runtime.errors import NotFound, ValidationFailed
 from runtime.ids import is_uuid
 
@@ -97,7 +99,7 @@ def register_console(app: QuartTrio, services: Services) -> None:
 
     @app.get("/api/v2/runs")
     async def list_runs() -> Response:
-        page = await listing.list_runs(**list_query())
+        page = await listing.list_runs(tenant=current_tenant(), **list_query())
         return Response(page.model_dump_json(), mimetype="application/json")
 
     @app.get("/metrics")
