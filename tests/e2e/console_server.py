@@ -14,7 +14,8 @@ from tests.e2e.server import WORKSPACE, ServerProcess, base_env
 
 
 @contextmanager
-def console_server(root: Path, *, delay_s: float = 0.05) -> Iterator[ServerProcess]:
+def console_server(root: Path, *, delay_s: float = 0.05,
+                   **env: str) -> Iterator[ServerProcess]:
     fixtures = write_console_fixtures(root / "fixtures")
     data = root / "data"
     data.mkdir()
@@ -23,7 +24,7 @@ def console_server(root: Path, *, delay_s: float = 0.05) -> Iterator[ServerProce
         CODY_REDIS_URL="redis://127.0.0.1:6379/0", CODY_KEY_PREFIX=prefix, CODY_REPLAY="1",
         CODY_FIXTURES_DIR=str(fixtures), CODY_REPLAY_DELAY_S=str(delay_s),
         CODY_WORKSPACE=str(WORKSPACE), CODY_DEFAULT_PROVIDER="anthropic",
-        CODY_DEFAULT_MODEL=MODEL, CODY_RETENTION_S="300", CODY_LOG_LEVEL="info"))
+        CODY_DEFAULT_MODEL=MODEL, CODY_RETENTION_S="300", CODY_LOG_LEVEL="info", **env))
     proc.start()
     try:
         yield proc

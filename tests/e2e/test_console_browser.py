@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.console_fixture import MODEL, PROMPT, THINKING, answer_text
 from tests.e2e.console_server import console_server
@@ -169,43 +169,27 @@ def test_runs_list_updates_live(page: Page, proxy: ThreadedProxy,
         "href", f"#/threads/{r.json()['thread_id']}")
 
 
+KEY = "console-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with console_server(tmp_path_factory.mktemp("console-keys"),
+                        CODY_API_KEYS=f"acme:{KEY}") as proc:
+        yield proc
+
+
 def test_with_api_keys_the_console_asks_for_a_key_and_never_puts_it_in_a_url(
-        page: Page, proxy: ThreadedProxy) -> None:
-    """The server's side of API keys (401 without ``Authorization: Bearer``, a signed
-    ``events_url``) is played by request interception in the browser, so what is checked is
-    the page: it asks for the key on a 401, sends it as a header on every API call, streams
-    through the signed events_url as given, and no URL it requests holds the key."""
-    key = "console-test-key-0123456789"
-    urls: list[str] = []
-    bearer: list[bool] = []
-
-    def gate(route: Route) -> None:
-        req = route.request
-        urls.append(req.url)
-        if "/api/v2/" not in req.url:
-            route.continue_()
-            return
-        if "/events" in req.url and "token=signed-by-server" in req.url:
-            route.continue_()  # the signed URL is enough, as on a real server
-            return
-        authorized = req.headers.get("authorization") == f"Bearer {key}"
-        bearer.append(authorized)
-        if not authorized:
-            route.fulfill(status=401, headers={"WWW-Authenticate": 'Bearer realm="cody"'},
-                          json={"error": {"code": "UNAUTHORIZED", "message": "a key, please"}})
-        elif req.method == "POST" and req.url.endswith("/api/v2/runs"):
-            answer = route.fetch()
-            accepted = answer.json()
-            accepted["events_url"] += "?token=signed-by-server"
-            route.fulfill(response=answer, json=accepted)
-        else:
-            route.continue_()
-
-    page.route("**/*", gate)
-    page.goto(f"{proxy.url}/#/threads/new")
+        page: Page, keyed_server: ServerProcess) -> None:
+    """A server with API keys: the page asks for the key on the first 401, sends it as
+    ``Authorization: Bearer`` on every API call, streams through the signed ``events_url``
+    of the submit as given (EventSource cannot send headers), and no URL holds the key."""
+    requests: list[tuple[str, str | None]] = []
+    page.on("request", lambda req: requests.append((req.url, req.headers.get("authorization"))))
+    page.goto(f"{keyed_server.base_url}/#/threads/new")
     dialog = page.get_by_test_id("key-dialog")
     expect(dialog).to_be_visible()
-    page.get_by_test_id("key-input").fill(key)
+    page.get_by_test_id("key-input").fill(KEY)
     page.get_by_test_id("key-submit").click()
     expect(dialog).to_be_hidden()
     page.get_by_test_id("prompt-input").fill(PROMPT)
@@ -220,6 +204,14 @@ def test_with_api_keys_the_console_asks_for_a_key_and_never_puts_it_in_a_url(
     turns = page.get_by_test_id("turn")
     expect(turns).to_have_count(2)
     expect(turns.nth(1)).to_have_attribute("data-status", "complete")
-    assert any("/events?token=signed-by-server" in u for u in urls)
-    assert not any(key in u for u in urls)
-    assert bearer and bearer[0] is False and all(bearer[1:])  # asked once, then always sent
+    # and the runs list, with the key still in the page's memory
+    page.goto(f"{keyed_server.base_url}/#/")
+    expect(page.locator("tr[data-run-id]")).to_have_count(2)
+
+    api = [(url, auth) for url, auth in requests if "/api/v2/" in url]
+    streams = [url for url, _ in api if "/events" in url]
+    assert streams and all("?token=" in url for url in streams)
+    assert not any(KEY in url for url, _ in requests)
+    others = [auth for url, auth in api if "/events" not in url]
+    assert others[0] is None  # the first call, before the key was asked for
+    assert all(auth == f"Bearer {KEY}" for auth in others[1:]), others

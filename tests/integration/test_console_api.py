@@ -217,3 +217,41 @@ async def test_openapi_documents_the_listing_metrics_and_console(
             r = await client.get("/")
             assert r.status_code == 200 and "text/html" in r.headers["Content-Type"]
             assert (await client.get("/console/nope.js")).status_code == 404
+
+
+async def test_with_api_keys_the_listing_and_metrics_need_a_key_and_show_the_tenants_own(
+        redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    acme, globex = "tok-acme-0123456789abcdef", "tok-globex-0123456789abcdef"
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path, replay_delay_s=0.05,
+                               api_keys=(("acme", acme), ("globex", globex))) as rt:
+            client = create_app(rt).test_client()
+            a, g = {"Authorization": f"Bearer {acme}"}, {"Authorization": f"Bearer {globex}"}
+            body = turn("anthropic", "rapid_deltas").model_dump(exclude_none=True)
+            mine = await _submit(client, body, **a)
+            theirs = await _submit(client, body, **g)
+            assert "?token=" in mine["events_url"]
+            for path in ("/api/v2/runs", "/metrics"):
+                r = await client.get(path)
+                assert r.status_code == 401, path
+                assert (await r.get_json())["error"]["code"] == "UNAUTHORIZED"
+            assert (await client.get("/")).status_code == 200  # the console asks for a key
+            r = await client.get("/api/v2/runs", headers=a)
+            assert [x["run_id"] for x in (await r.get_json())["data"]] == [mine["run_id"]]
+            r = await client.get("/api/v2/runs", headers=g)
+            assert [x["run_id"] for x in (await r.get_json())["data"]] == [theirs["run_id"]]
+            r = await client.get("/metrics", headers=a)
+            assert r.status_code == 200
+            assert _samples((await r.get_data()).decode())[("cody_runs_started_total", ())] == 2
+            for run in (mine, theirs):
+                await client.post(f"/api/v2/runs/{run['run_id']}/cancel",
+                                  headers=a if run is mine else g)
+            for run, tenant in ((mine, "acme"), (theirs, "globex")):
+                while True:  # persisted, in its tenant's rows
+                    stored = await rt.store.get_response(run["run_id"], tenant=tenant)
+                    if stored is not None and stored.status == "aborted":
+                        break
+                    await trio.sleep(0.02)
+            r = await client.get("/api/v2/runs", headers=a)
+            rows = (await r.get_json())["data"]
+            assert [(x["run_id"], x["status"]) for x in rows] == [(mine["run_id"], "aborted")]
