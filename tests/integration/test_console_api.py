@@ -255,3 +255,25 @@ async def test_with_api_keys_the_listing_and_metrics_need_a_key_and_show_the_ten
             r = await client.get("/api/v2/runs", headers=a)
             rows = (await r.get_json())["data"]
             assert [(x["run_id"], x["status"]) for x in rows] == [(mine["run_id"], "aborted")]
+
+
+async def test_metrics_count_a_slow_subscriber_cut_off(redis_url: str, key_prefix: str,
+                                                       tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path, subscriber_buffer=1,
+                               replay_delay_s=0.002) as rt:
+            accepted = await rt.submission.submit(turn("openai", "rapid_deltas"))
+            reader = await rt.reading.open_reader(accepted.run_id, None)
+            assert reader is not None
+            first = await reader.next_batch(5.0)  # subscribed now
+            assert first
+            got = len(first)
+            await rt.runs.actors[accepted.run_id].finished.wait()  # never read meanwhile
+            while not reader.done:  # it resumes from Redis: nothing is lost
+                batch = await reader.next_batch(5.0)
+                assert batch is not None
+                got += len(batch)
+            reader.close()
+            assert got == len(await read_all(rt, accepted.run_id))
+            samples = _samples(rt.metrics.render().decode())
+            assert samples[("cody_slow_subscribers_dropped_total", ())] >= 1
