@@ -4,6 +4,7 @@ and the submit's ``traceparent`` reaching the provider (the fake provider over r
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,19 @@ async def test_metrics_count_a_slow_subscriber_cut_off(redis_url: str, key_prefi
             assert got == len(await read_all(rt, accepted.run_id))
             samples = _samples(rt.metrics.render().decode())
             assert samples[("cody_slow_subscribers_dropped_total", ())] >= 1
+
+
+async def test_metrics_count_the_janitors_endings(redis_url: str, key_prefix: str,
+                                                  tmp_path: Path) -> None:
+    from tests.integration.test_janitor import write_run
+
+    with trio.fail_after(30):
+        async with runtime_for(redis_url, key_prefix, tmp_path, janitor_interval_s=0.2) as rt:
+            orphan = await write_run(rt.log, f"dead-{uuid.uuid4()}", finished=False)
+            while True:  # this node's janitor ends it (its node has no lease)
+                last = await rt.log.last_entry(orphan)
+                if last is not None and last[1] == "response_error":
+                    break
+                await trio.sleep(0.05)
+            samples = _samples(rt.metrics.render().decode())
+            assert samples[("cody_janitor_endings_total", ())] == 1
