@@ -48,7 +48,7 @@ from actors.tools import ToolResult, ToolRunner
 from runtime.clock import WallClock
 from runtime.config import RuntimeConfig
 from runtime.errors import CodyError, is_infrastructure
-from runtime.ids import new_traceparent
+from runtime.ids import child_traceparent, new_traceparent
 from runtime.reducer import ResponseReducer
 from runtime.schema import OutputItem, Response
 from runtime.turn_machine import (
@@ -86,6 +86,8 @@ class RunSpec(TurnSpec):
     """The provider's wire protocol (actors/providers/protocols.py): its request builder and
     stream normaliser."""
     settings: RequestSettings
+    traceparent: str | None = None
+    """The run's W3C trace context (the submit's ``traceparent``); None: a new trace."""
 
     def turn(self) -> TurnSpec:
         return self
@@ -174,6 +176,7 @@ class RunActor:
         self._tools = tools
         self._limits = limits
         self._rng = rng or random.Random()
+        self.traceparent = spec.traceparent or new_traceparent()
         self._clock = clock
         self.accepted_at_ms = clock.now_ms()
         self.machine = self._new_machine()
@@ -188,7 +191,7 @@ class RunActor:
 
     def _new_machine(self) -> TurnMachine:
         limits = self._limits
-        return TurnMachine(self.spec.turn(), traceparent=new_traceparent(),
+        return TurnMachine(self.spec.turn(), traceparent=self.traceparent,
                            now_ms=self._clock.now_ms,
                            limits=TurnLimits(max_iterations=limits.max_iterations,
                                              coalesce_max_chars=limits.coalesce_max_chars))
@@ -320,7 +323,8 @@ class RunActor:
         call = ProviderCall(run_id=spec.run_id, provider_id=spec.provider_id,
                             model_id=spec.model_id, prompt=spec.prompt, exchange=cmd.exchange,
                             body=self._wire.build_request(cmd.items, self._tools.specs,
-                                                          spec.settings))
+                                                          spec.settings),
+                            traceparent=child_traceparent(self.traceparent))
         normaliser = self._wire.normaliser(spec.run_id)
         send, receive = trio.open_memory_channel[bytes | Exception](self._limits.read_ahead)
         reader = self._work = trio.CancelScope()

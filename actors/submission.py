@@ -46,7 +46,7 @@ from runtime.errors import (
 )
 from runtime.eventlog import EventLog
 from runtime.group_commit import GroupCommitter
-from runtime.ids import new_uuid
+from runtime.ids import new_uuid, parse_traceparent
 from runtime.schema import TERMINAL_STATUSES, OutputItem, Response
 from runtime.store import DEFAULT_TENANT, Store
 from runtime.thread_policy import history_items
@@ -159,7 +159,8 @@ class SubmissionService:
     # ------------------------------------------------------------------ submit and cancel
 
     async def submit_idempotent(self, req: TurnRequest, key: str | None, *,
-                                tenant: str = DEFAULT_TENANT) -> tuple[TurnAccepted, bool]:
+                                tenant: str = DEFAULT_TENANT, traceparent: str | None = None
+                                ) -> tuple[TurnAccepted, bool]:
         """:meth:`submit`, at most once per ``Idempotency-Key`` and body (``key`` None: just
         submit): the response, and whether it replays an earlier submit's.
 
@@ -169,13 +170,17 @@ class SubmissionService:
             ...: whatever :meth:`submit` raises.
         """
         if key is None:
-            return await self.submit(req, tenant=tenant), False
+            return await self.submit(req, tenant=tenant, traceparent=traceparent), False
         self._runs.check_accepting()
         return await self._idempotency.submit_once(
-            req, key, tenant=tenant, submit=partial(self.submit, tenant=tenant))
+            req, key, tenant=tenant,
+            submit=partial(self.submit, tenant=tenant, traceparent=traceparent))
 
-    async def submit(self, req: TurnRequest, *, tenant: str = DEFAULT_TENANT) -> TurnAccepted:
-        """Raises (besides the policy errors above):
+    async def submit(self, req: TurnRequest, *, tenant: str = DEFAULT_TENANT,
+                     traceparent: str | None = None) -> TurnAccepted:
+        """``traceparent``: the request's W3C header; valid, it becomes the run's trace.
+
+        Raises (besides the policy errors above):
             NotFound: ``thread_id`` is another tenant's.
             Overloaded: a node or tenant admission limit is reached (actors/admission.py).
             ThreadBusy: ``multitask_strategy`` reject, and the thread has a turn running.
@@ -206,6 +211,7 @@ class SubmissionService:
                                      thinking_budget=budget),
             history=tuple(await self.history(thread_id, tenant=tenant)) if req.thread_id
             else (),
+            traceparent=parse_traceparent(traceparent),
         )
         runner = ToolRunner(cfg.workspace_root, enabled=tools, timeout_s=cfg.tool_timeout_s,
                             output_cap=cfg.tool_output_cap,

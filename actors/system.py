@@ -42,12 +42,14 @@ from actors.janitor import Janitor
 from actors.lifecycle import Lifecycle
 from actors.local_runs import LocalRuns
 from actors.models import ModelService
+from actors.observability import MeteredActorLog, MeteredProvider, MetricsService
 from actors.projector import Projector
 from actors.providers.fixtures import FixtureLibrary, default_fixtures_dir
 from actors.providers.live import Endpoint, open_live_providers
 from actors.providers.provider import ModelProvider
 from actors.providers.replay import ReplayProvider
 from actors.reading import ReadingService
+from actors.run_listing import RunListingService
 from actors.submission import ActorLog, SubmissionService
 from actors.thread_policies import ThreadPolicies
 from actors.threads import ThreadService
@@ -60,6 +62,7 @@ from runtime.eventlog import EventLog, open_redis
 from runtime.group_commit import GroupCommitter
 from runtime.ids import new_uuid
 from runtime.keys import Keys
+from runtime.metrics import Metrics, ScrapeSources
 from runtime.redis_server import embedded_redis
 from runtime.store import Store, open_store
 from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise
@@ -79,6 +82,8 @@ class Services:
     admission: Admission
     security: Security
     models: ModelService
+    listing: RunListingService
+    observability: MetricsService
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,7 @@ class CodyRuntime(Services):
     runs: LocalRuns
     projector: Projector | None
     catalogue: Catalogue
+    metrics: Metrics
 
 
 @asynccontextmanager
@@ -144,10 +150,13 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             providers = await stack.enter_async_context(open_providers(config, catalogue))
         node_id = new_uuid()
         clock = clock or SystemClock()
+        metrics = Metrics()
+        metered: dict[str, ModelProvider] = {k: MeteredProvider(p, metrics)
+                                             for k, p in providers.items()}
         async with trio.open_nursery() as root:
             committer = GroupCommitter(event_log)
             await root.start(committer.run)
-            runs = LocalRuns(await root.start(_hold_nursery))
+            runs = LocalRuns(await root.start(_hold_nursery), metrics)
             reading = ReadingService(runs=runs, log_=event_log, store=store, clock=clock,
                                      tenants=security.enabled)
             admission = Admission(config, log_=event_log, runs=runs, clock=clock)
@@ -167,9 +176,10 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             runtime = CodyRuntime(
                 config=config,
                 submission=SubmissionService(
-                    config, runs=runs, log_=event_log, store=store, providers=providers,
+                    config, runs=runs, log_=event_log, store=store, providers=metered,
                     clock=clock, node_id=node_id,
-                    actor_log=ActorLog(committer, event_log, on_end=policies.release),
+                    actor_log=MeteredActorLog(
+                        ActorLog(committer, event_log, on_end=policies.release), metrics),
                     reading=reading, admission=admission, policies=policies,
                     idempotency=idempotency, catalogue=catalogue,
                     provider_env=config.provider_env()),
@@ -178,8 +188,11 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                 lifecycle=Lifecycle(runs=runs, log_=event_log, store=store),
                 admission=admission, security=security,
                 models=ModelService(catalogue, config.provider_env()),
+                listing=RunListingService(runs=runs, log_=event_log, store=store,
+                                          reading=reading, clock=clock),
+                observability=MetricsService(metrics, log_=event_log, clock=clock),
                 log=event_log, store=store, runs=runs, projector=projector,
-                catalogue=catalogue)
+                catalogue=catalogue, metrics=metrics)
             children: list[ChildSpec] = []
             if projector is not None:
                 children.append(ChildSpec("projector", projector.run, RestartPolicy.PERMANENT))
@@ -191,6 +204,10 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             children.append(ChildSpec("thread-policies", policies.run, RestartPolicy.PERMANENT))
             if config.max_tenant_runs:
                 children.append(ChildSpec("admission", admission.run, RestartPolicy.PERMANENT))
+            metrics.attach(ScrapeSources(
+                runs_started=lambda: runs.stats.runs_started,
+                runs_live=lambda: len(runs.actors), slow_dropped=runs.slow_dropped,
+                janitor_endings=lambda: janitor.ended))
             if workers is not None:
                 children.extend(workers(runtime))
             if children:

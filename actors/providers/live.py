@@ -256,8 +256,9 @@ class HttpProvider:
         attempt = 0
         client = self._client_for(call.run_id)
         while True:
-            request = client.build_request("POST", self.url, json=call.body,
-                                           headers=self._headers)
+            headers = self._headers if call.traceparent is None else \
+                {**self._headers, "traceparent": call.traceparent}
+            request = client.build_request("POST", self.url, json=call.body, headers=headers)
             try:
                 response = await client.send(request, stream=True)
             except httpx.TransportError as exc:
