@@ -17,6 +17,9 @@ from runtime.store import Store, Thread
 
 MAX_PAGE = 500
 """The most threads one listing returns."""
+MAX_OFFSET = 2**63 - 1
+"""The largest offset the stores take (SQLite's and PostgreSQL's 64-bit integer): a larger
+one is a 400, not an overflow in the driver (a 500, found by the schemathesis fuzz)."""
 
 
 class ThreadService:
@@ -29,11 +32,14 @@ class ThreadService:
 
     async def list_threads(self, *, limit: int = 50, offset: int = 0) -> list[Thread]:
         """Raises:
-            ValidationFailed: ``limit`` is not 1..:data:`MAX_PAGE`, or ``offset`` is negative.
+            ValidationFailed: ``limit`` is not 1..:data:`MAX_PAGE`, or ``offset`` is not
+                0..:data:`MAX_OFFSET`.
         """
-        if not 1 <= limit <= MAX_PAGE or offset < 0:
-            raise ValidationFailed(f"limit: must be 1..{MAX_PAGE} and offset >= 0",
-                                   details={"field": "limit"})
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationFailed(f"limit: must be 1..{MAX_PAGE}", details={"field": "limit"})
+        if not 0 <= offset <= MAX_OFFSET:
+            raise ValidationFailed(f"offset: must be 0..{MAX_OFFSET}",
+                                   details={"field": "offset"})
         return await self._store.list_threads(limit=limit, offset=offset)
 
     async def with_runs(self, thread_id: str) -> tuple[Thread, list[Response]]:
