@@ -1,8 +1,9 @@
 """``cody serve`` stays up through Redis outages and idles (issue 10), with figures.
 
-The long scenarios (a 60 s Redis outage, 30 s of idling on the embedded default, the embedded
-redis-server killed) each have their own server and Redis, so they run side by side inside
-one test: the suite waits once for the longest, not for their sum.
+The scenarios (a 60 s Redis outage, a 3 s one, 30 s of idling on the embedded default, the
+embedded redis-server killed, SIGTERM during an outage) each have their own server and
+Redis, so they run side by side inside one test: the suite waits once for the longest, not
+for their sum.
 """
 
 from __future__ import annotations
@@ -100,33 +101,7 @@ async def embedded_redis_kill_9_is_restarted(tmp_path: Path) -> None:
            all_ended_s=ended - killed, sigterm_exit_s=took, orphans=0)
 
 
-async def test_long_outage_idle_and_embedded_redis_kill(tmp_path: Path) -> None:
-    """Side by side: the 60 s outage of an external Redis (10 runs in flight, bounded RSS,
-    every run terminal once it is back), 30 s idle on the embedded default, and kill -9 of
-    the embedded redis-server (restarted, runs end or complete)."""
-
-    async def long_outage() -> None:
-        figures = await external_redis_outage(
-            tmp_path / "outage", OUTAGE_S, end_within_s=15.0, CODY_APPEND_DEADLINE_S="10",
-            CODY_ENDING_DEADLINE_S="5", CODY_JANITOR_INTERVAL_S="1")
-        figure(f"redis_down_{OUTAGE_S:g}s", **figures)
-
-    with trio.fail_after(OUTAGE_S + 120):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(long_outage)
-            nursery.start_soon(idle_embedded_server_stays_up, tmp_path / "idle")
-            nursery.start_soon(embedded_redis_kill_9_is_restarted, tmp_path / "embedded")
-
-
-async def test_redis_killed_and_restarted_mid_run(tmp_path: Path) -> None:
-    """kill -9 of the external Redis (AOF on) with 10 runs streaming, back after 3 s: 503
-    with Retry-After while down, every run ends or completes, a new run within 5 s, nothing
-    a client was shown is lost."""
-    figures = await external_redis_outage(tmp_path, 3.0, end_within_s=25.0)
-    figure("redis_kill9_3s_aof", **figures)
-
-
-async def test_sigterm_during_redis_outage_exits_in_time(tmp_path: Path) -> None:
+async def sigterm_during_redis_outage_exits_in_time(tmp_path: Path) -> None:
     drain_s = 5.0
     async with running_redis(tmp_path / "redis") as redis, \
             running_cody(tmp_path / "cody",
@@ -147,3 +122,32 @@ async def test_sigterm_during_redis_outage_exits_in_time(tmp_path: Path) -> None
             assert code == 0, f"exit code {code}\n{log_tail(server)}"
     figure("sigterm_during_redis_outage", runs=5, drain_deadline_s=drain_s, exit_code=code,
            exit_s=took)
+
+
+async def redis_killed_and_restarted_mid_run(tmp_path: Path) -> None:
+    """kill -9 of the external Redis (AOF on) with 10 runs streaming, back after 3 s: 503
+    with Retry-After while down, every run ends or completes, a new run within 5 s, nothing
+    a client was shown is lost."""
+    figures = await external_redis_outage(tmp_path, 3.0, end_within_s=25.0)
+    figure("redis_kill9_3s_aof", **figures)
+
+
+async def long_outage(tmp_path: Path) -> None:
+    """The external Redis down for OUTAGE_S with 10 runs in flight: the server stays up with
+    bounded RSS, and every run is terminal once Redis is back."""
+    figures = await external_redis_outage(
+        tmp_path, OUTAGE_S, end_within_s=15.0, CODY_APPEND_DEADLINE_S="10",
+        CODY_ENDING_DEADLINE_S="5", CODY_JANITOR_INTERVAL_S="1")
+    figure(f"redis_down_{OUTAGE_S:g}s", **figures)
+
+
+async def test_outages_idles_and_kills_side_by_side(tmp_path: Path) -> None:
+    """Each scenario has its own server and Redis, so they run at once: the suite waits for
+    the 60 s outage, not for the sum. A failure names its scenario in the traceback."""
+    with trio.fail_after(OUTAGE_S + 120):
+        async with trio.open_nursery() as nursery:
+            for scenario in (long_outage, idle_embedded_server_stays_up,
+                             embedded_redis_kill_9_is_restarted,
+                             redis_killed_and_restarted_mid_run,
+                             sigterm_during_redis_outage_exits_in_time):
+                nursery.start_soon(scenario, tmp_path / scenario.__name__)
