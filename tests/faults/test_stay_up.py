@@ -38,7 +38,7 @@ from tests.faults.kit import (
     wait_all,
 )
 
-OUTAGE_S = float(os.environ.get("CODY_FAULT_OUTAGE_S", "60"))
+OUTAGE_S = float(os.environ.get("FAULT_OUTAGE_S", "60"))
 """The long outage (the issue's 60 s; shorter only when set by hand, never in CI)."""
 
 

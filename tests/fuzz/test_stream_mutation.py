@@ -41,7 +41,7 @@ from tests.harness import OfflineRun, Outcome
 
 LIBRARY = FixtureLibrary()
 FIXTURES = sorted(LIBRARY, key=lambda fx: (fx.protocol, fx.name))
-FUZZ = settings(max_examples=int(os.environ.get("CODY_FUZZ_EXAMPLES", "12")), deadline=None,
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "12")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
