@@ -149,7 +149,10 @@ async def test_outages_idles_and_kills_side_by_side(tmp_path: Path) -> None:
     the 60 s outage, not for the sum. A failure names its scenario in the traceback."""
     with trio.fail_after(OUTAGE_S + 120):
         async with trio.open_nursery() as nursery:
-            for scenario in (long_outage, idle_embedded_server_stays_up,
-                             embedded_redis_kill_9_is_restarted,
-                             sigterm_during_redis_outage_exits_in_time):
-                nursery.start_soon(scenario, tmp_path / scenario.__name__)
+            # short folder names: the embedded Redis's socket is in its data dir only while
+            # the path fits a unix socket, and only then does ps show that dir in its title
+            for name, scenario in (("outage", long_outage),
+                                   ("idle", idle_embedded_server_stays_up),
+                                   ("embedded", embedded_redis_kill_9_is_restarted),
+                                   ("sigterm", sigterm_during_redis_outage_exits_in_time)):
+                nursery.start_soon(scenario, tmp_path / name, name=name)
