@@ -4,6 +4,7 @@ hands back the services.
 Structure (one root nursery, nothing fire-and-forget)::
 
     open_runtime
+    ├── catalogue (CODY_CONFIG), read first: a bad file stops start-up  runtime/catalogue.py
     ├── embedded redis-server (unless CODY_REDIS_URL)     runtime/redis_server.py
     ├── store (SQLite, or PostgreSQL with CODY_STORE_URL)   runtime/store/
     └── root nursery
@@ -19,6 +20,7 @@ The services, what the API calls (and all it may call)::
     lifecycle    ready, drain
     admission    node, SSE and tenant limits (actors/admission.py)
     security     API keys -> tenants, signed events tokens (runtime/auth.py)
+    models       the catalogue's models and whether each provider's key is set
 
 Tests open as many runtimes side by side as they like, each with its own key prefix, data
 dir and store.
@@ -39,9 +41,10 @@ from actors.idempotency import IdempotencyRecords
 from actors.janitor import Janitor
 from actors.lifecycle import Lifecycle
 from actors.local_runs import LocalRuns
+from actors.models import ModelService
 from actors.projector import Projector
 from actors.providers.fixtures import FixtureLibrary, default_fixtures_dir
-from actors.providers.live import open_live_providers
+from actors.providers.live import Endpoint, open_live_providers
 from actors.providers.provider import ModelProvider
 from actors.providers.replay import ReplayProvider
 from actors.reading import ReadingService
@@ -50,6 +53,7 @@ from actors.thread_policies import ThreadPolicies
 from actors.threads import ThreadService
 from actors.tools import hide_process_from_commands
 from runtime.auth import Security
+from runtime.catalogue import Catalogue, load_configured
 from runtime.clock import SystemClock, WallClock
 from runtime.config import RuntimeConfig
 from runtime.eventlog import EventLog, open_redis
@@ -74,6 +78,7 @@ class Services:
     lifecycle: Lifecycle
     admission: Admission
     security: Security
+    models: ModelService
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,19 +90,26 @@ class CodyRuntime(Services):
     store: Store
     runs: LocalRuns
     projector: Projector | None
+    catalogue: Catalogue
 
 
 @asynccontextmanager
-async def open_providers(config: RuntimeConfig) -> AsyncIterator[dict[str, ModelProvider]]:
-    """Replay mode plays fixtures for both providers; live mode has a client per key."""
+async def open_providers(config: RuntimeConfig, catalogue: Catalogue
+                         ) -> AsyncIterator[dict[str, ModelProvider]]:
+    """Every provider of the catalogue, the file's as well as the built-in ones, in the
+    server's mode: replay plays the fixtures for all of them; live has a client for each that
+    is ready (its key is set, or it needs none), speaking its protocol at its base URL with
+    its headers. A provider left out gets 400 PROVIDER_NOT_CONFIGURED naming its variable."""
     if config.replay:
         fixtures = FixtureLibrary(config.fixtures_dir or default_fixtures_dir())
         record = config.data_dir / "replay-requests.jsonl" if config.replay_record_requests \
             else None
         replay = ReplayProvider(fixtures, delay_s=config.replay_delay_s, record_path=record)
-        yield {"openai": replay, "anthropic": replay}
+        yield {pid: replay for pid in catalogue.providers}
         return
-    async with open_live_providers(config) as live:
+    env = config.provider_env()
+    endpoints = [Endpoint.from_spec(spec, env) for spec in catalogue.providers.values()]
+    async with open_live_providers(config, endpoints) as live:
         yield live
 
 
@@ -107,6 +119,12 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                        workers: Callable[[CodyRuntime], Sequence[ChildSpec]] | None = None,
                        supervisor: SupervisorOptions | None = None,
                        run_projector: bool = True) -> AsyncIterator[CodyRuntime]:
+    # first, before Redis, the store or the data dir: a malformed cody.toml stops start-up
+    catalogue = await trio.to_thread.run_sync(load_configured, config)
+    if config.replay and config.replay_auto and any(
+            catalogue.key_status(pid, config.provider_env()) == "set"
+            for pid in catalogue.providers):
+        config = config.model_copy(update={"replay": False})  # a file provider has its key
     store_file = config.effective_store_path
     secure_data_dir(config.data_dir, precreate=(store_file,) if config.store_url is None
                     and store_file.parent.is_dir() else ())
@@ -123,7 +141,7 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
         event_log = EventLog(writer, reader, Keys(config.key_prefix, config.persist_shards))
         store = await stack.enter_async_context(open_store(config))
         if providers is None:
-            providers = await stack.enter_async_context(open_providers(config))
+            providers = await stack.enter_async_context(open_providers(config, catalogue))
         node_id = new_uuid()
         clock = clock or SystemClock()
         async with trio.open_nursery() as root:
@@ -153,12 +171,15 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                     clock=clock, node_id=node_id,
                     actor_log=ActorLog(committer, event_log, on_end=policies.release),
                     reading=reading, admission=admission, policies=policies,
-                    idempotency=idempotency),
+                    idempotency=idempotency, catalogue=catalogue,
+                    provider_env=config.provider_env()),
                 reading=reading,
                 threads=ThreadService(runs=runs, store=store),
                 lifecycle=Lifecycle(runs=runs, log_=event_log, store=store),
                 admission=admission, security=security,
-                log=event_log, store=store, runs=runs, projector=projector)
+                models=ModelService(catalogue, config.provider_env()),
+                log=event_log, store=store, runs=runs, projector=projector,
+                catalogue=catalogue)
             children: list[ChildSpec] = []
             if projector is not None:
                 children.append(ChildSpec("projector", projector.run, RestartPolicy.PERMANENT))

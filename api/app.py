@@ -64,7 +64,7 @@ def create_app(services: Services) -> QuartTrio:
     app.config["RESPONSE_TIMEOUT"] = None  # SSE streams live as long as their run
     config = services.config
     submission, reading = services.submission, services.reading
-    threads, lifecycle = services.threads, services.lifecycle
+    threads, lifecycle, models = services.threads, services.lifecycle, services.models
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     max_body = config.max_body_bytes
@@ -185,6 +185,12 @@ def create_app(services: Services) -> QuartTrio:
     async def delete_thread(thread_id: str) -> tuple[str, int]:
         await threads.delete(_check_id(thread_id, "thread_id"), tenant=current_tenant())
         return "", 204
+
+    # ------------------------------------------------------------------ models
+
+    @app.get("/api/v2/models")
+    async def list_models() -> Response:
+        return _json({"data": [m.model_dump(mode="json") for m in models.list_models()]})
 
     # ------------------------------------------------------------------ health
 

@@ -1,4 +1,10 @@
-"""The ``cody`` command: ``cody serve`` and ``cody run "prompt"``."""
+"""The ``cody`` command: ``cody serve``, ``cody run "prompt"`` and ``cody models``.
+
+``cody models`` asks a running server (``--server``, ``CODY_SERVER``) for
+``GET /api/v2/models`` rather than reading ``cody.toml`` itself: what a server serves depends
+on its own ``CODY_CONFIG``, data dir and environment (the keys), which the shell running
+``cody models`` need not share; the server is the one that knows.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +48,11 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["insecure"] = True
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = RuntimeConfig.from_env(None, **overrides)
+    try:
+        config = RuntimeConfig.from_env(None, **overrides)
+    except ValidationFailed as exc:  # a setting is wrong: the message names it
+        print(f"cody: configuration error: {exc.message}", file=sys.stderr, flush=True)
+        return 2
     try:  # before the server's imports: a refused bind says so at once
         check_bind(config.host, has_keys=bool(config.api_keys), insecure=config.insecure)
     except ValidationFailed as exc:
@@ -58,6 +68,11 @@ def _serve(args: argparse.Namespace) -> int:
         cause = exc
         while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
             cause = cause.exceptions[0]
+        if isinstance(cause, ValidationFailed):
+            # cody.toml (read by the factory) is wrong: the message names file, line and
+            # field; a traceback would only hide it
+            print(f"cody: configuration error: {cause.message}", file=sys.stderr, flush=True)
+            return 2
         logging.getLogger("cody").critical("fatal: %r", cause, exc_info=cause)
         print(f"cody: fatal: {cause}", file=sys.stderr, flush=True)
         return 1
@@ -140,7 +155,8 @@ async def _run_turn(args: argparse.Namespace) -> int:
     server = args.server.rstrip("/")
     body: dict[str, Any] = {"prompt": args.prompt}
     for key, value in (("model", args.model), ("provider_id", args.provider),
-                       ("thread_id", args.thread), ("reasoning_effort", args.effort)):
+                       ("thread_id", args.thread), ("reasoning_effort", args.effort),
+                       ("thinking_budget", args.thinking_budget)):
         if value:
             body[key] = value
     if args.tools is not None:
@@ -197,6 +213,35 @@ async def _run_turn(args: argparse.Namespace) -> int:
     return 0 if printer.status == "complete" else (130 if cancelled else 1)
 
 
+MODEL_COLUMNS = ("id", "provider", "name", "protocol", "reasoning", "key")
+
+
+def models_table(models: list[dict[str, Any]]) -> str:
+    """``GET /api/v2/models``'s data as a plain text table, one model a line."""
+    rows = [[c.upper() for c in MODEL_COLUMNS]]
+    for m in models:
+        rows.append([("yes" if m[c] else "no") if c == "reasoning" else str(m[c])
+                     for c in MODEL_COLUMNS])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(MODEL_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))
+                     .rstrip() for r in rows) + "\n"
+
+
+def _models(args: argparse.Namespace) -> int:
+    try:
+        api_key = os.environ.get("CODY_API_KEY")  # as cody run: the server may want a token
+        r = httpx.get(args.server.rstrip("/") + "/api/v2/models", timeout=10.0,
+                      headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    except httpx.HTTPError as exc:
+        print(f"cody: cannot reach {args.server}: {exc}", file=sys.stderr)
+        return 2
+    if r.status_code != 200:
+        print(f"cody: {r.status_code} {r.text}", file=sys.stderr)
+        return 2
+    sys.stdout.write(models_table(r.json()["data"]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cody", description="Cody Core: streamed LLM turns")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,11 +267,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--provider")
     r.add_argument("--thread", help="continue this thread")
     r.add_argument("--effort", choices=["low", "medium", "high"])
+    r.add_argument("--thinking-budget", type=int, help="Anthropic thinking budget (tokens)")
     r.add_argument("--tools", help="comma-separated tool names (default: the server's)")
+
+    m = sub.add_parser("models", help="list the models a server serves, and whether it has "
+                                      "each provider's key")
+    m.add_argument("--server", default=os.environ.get("CODY_SERVER", "http://127.0.0.1:8080"))
 
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "models":
+        return _models(args)
     return trio.run(_run_turn, args)
 
 

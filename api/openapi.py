@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api.models import ErrorBody, ThreadCreate, ThreadPatch
+from runtime.catalogue import ModelInfo
 from runtime.schema import Response, StreamEvent
 from runtime.store import Thread
 from runtime.turns import TurnAccepted, TurnRequest
@@ -58,7 +59,7 @@ schemathesis rightly refused)."""
 @cache
 def openapi_document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [TurnRequest, TurnAccepted, Response, StreamEvent, Thread,
-                                     ThreadCreate, ThreadPatch, ErrorBody]
+                                     ThreadCreate, ThreadPatch, ErrorBody, ModelInfo]
     _, defs = models_json_schema([(m, "validation") for m in models],
                                  ref_template="#/components/schemas/{model}")
     schemas = defs.get("$defs", {})
@@ -156,6 +157,13 @@ def openapi_document() -> dict[str, Any]:
                                     **_errors(400, 404, 413)}},
             "delete": {"summary": "Delete a thread and its runs", "parameters": [thread_id],
                        "responses": {"204": {"description": "Deleted"}, **_errors(400, 404)}}},
+        "/api/v2/models": {"get": {
+            "summary": "The models this server serves (the catalogue: built-ins and "
+                       "CODY_CONFIG), each with its provider's protocol and whether the "
+                       "server has the provider's key",
+            "responses": {"200": {"description": "Models", "content": _json_content(
+                {"type": "object", "required": ["data"], "properties": {
+                    "data": {"type": "array", "items": _ref("ModelInfo")}}})}}}},
         "/api/v2/health": {"get": {"summary": "Liveness",
                                    "responses": {"200": {"description": "alive"}}}},
         "/api/v2/ready": {"get": {"summary": "Readiness (Redis and store reachable)",
