@@ -130,9 +130,13 @@ async def _read_provider(provider: ModelProvider, call: ProviderCall,
         async with send:
             try:
                 async with provider.stream(call) as body:
-                    async for chunk in body:
-                        if chunk:
-                            await send.send(chunk)
+                    pump = getattr(body, "pump", None)
+                    if pump is not None:  # the live client: one idle deadline per stream
+                        await pump(send)
+                    else:
+                        async for chunk in body:
+                            if chunk:
+                                await send.send(chunk)
             except Exception as exc:
                 await send.send(exc)
 

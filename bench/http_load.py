@@ -12,6 +12,7 @@ bench/token_provider.py (for Cody) or by bench/bare_sse.py itself, so
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -242,3 +243,134 @@ def as_row(load_: Load) -> dict[str, Any]:
     ftt = load_.first_token_ms()
     return {"tok_s": load_.tok_s, "cpu_us_tok": load_.cpu_us_tok,
             "ftt_p50_ms": pct(ftt, 50), "frames": load_.frames}
+
+
+# ---------------------------------------------------------------------- CPU per token / run
+
+
+def _mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+async def _until(ready: Callable[[], bool], timeout_s: float) -> None:
+    with trio.fail_after(timeout_s):
+        while True:
+            if ready():
+                return
+            await trio.sleep(0.01)
+
+
+@dataclass
+class Isolated:
+    """CPU per token while every run streams (``runs`` at once, one reader each), measured
+    over a window that starts once every run has its first token and ends before the first
+    run ends: no submit, connection set-up or tear-down in it."""
+
+    runs: int
+    window_s: float
+    tokens: int
+    cpu_s: float
+    gc_pauses_ms: list[float] = field(default_factory=list)
+    """The CPU time of each collection in the window (bench/serve_gc.py)."""
+    gc_full: int = 0
+    gc_collected: int = 0
+    """Objects the cyclic collector freed in the window: the runs' reference cycles."""
+    steady: bool = True
+    """False when the machine was too busy for every run to stream at once before the first
+    ended: then ``cpu_s`` is 0 and the caller estimates from ``load_cpu_s`` (the whole load)
+    less the runs' set-up and tear-down (``per_run``), and the GC figures cover the load."""
+    load_cpu_s: float = 0.0
+
+    @property
+    def cpu_us_tok(self) -> float:
+        return self.cpu_s / max(1, self.tokens) * 1e6
+
+
+async def isolated_tokens(port: int, pid: int, runs: int, tokens: int = 100,
+                          pace_ms: float = 100.0, spread_s: float = 2.0,
+                          gc_file: Path | None = None) -> Isolated:
+    """``runs`` runs of ``tokens`` tokens ``pace_ms`` apart (little to merge: nearly every
+    token makes the whole trip alone), starts spread over ``spread_s``. With ``gc_file``
+    the server is bench/serve_gc.py, asked (SIGUSR1) for its GC pauses in the window."""
+    # (see Isolated.steady for a machine too busy for the window)
+    import signal
+
+    streams = [Stream() for _ in range(runs)]
+
+    async def one(i: int) -> None:
+        await trio.sleep(spread_s * i / runs)
+        res = streams[i]
+        t0 = time.perf_counter()
+        status, accepted = await post_json(HOST, port, "/api/v2/runs", {
+            "prompt": prompt(tokens, pace_ms), "provider_id": "openai",
+            "model": "gpt-5-mini", "tools": []})
+        if status != 202:
+            raise ConnectionError(f"submit: HTTP {status} {accepted}")
+        await read(get_stream(HOST, port, f"/api/v2/runs/{accepted['run_id']}/events"), t0,
+                   res)
+        if res.tokens != tokens or res.terminal != b"response_done":
+            raise RuntimeError(f"a run got {res.tokens} of {tokens} tokens")
+
+    async def gc_window() -> list[tuple[int, float, int, float]]:
+        assert gc_file is not None
+        before = _mtime(gc_file)
+        os.kill(pid, signal.SIGUSR1)
+        await _until(lambda: _mtime(gc_file) != before, 10)
+        return [tuple(p) for p in _read_json(gc_file)]
+
+    started = time.perf_counter()
+    load_cpu0 = cpu_seconds(pid)
+    window: tuple[float, int, float] | None = None
+    pauses: list[tuple[int, float, int, float]] = []
+    if gc_file is not None:
+        await gc_window()
+    async with trio.open_nursery() as nursery:
+        for i in range(runs):
+            nursery.start_soon(one, i)
+        await _until(lambda: all(s.first_token_s is not None for s in streams),
+                     spread_s + 120)
+        # ends a second before the first run's last token is due
+        first_end_s = min(s.first_token_us for s in streams) / 1e6 + (tokens - 1) * pace_ms / 1e3
+        window_s = first_end_s - time.time() - 1.0
+        if window_s >= 1.0:
+            if gc_file is not None:
+                await gc_window()
+            cpu0, tok0, w0 = cpu_seconds(pid), sum(s.tokens for s in streams), time.perf_counter()
+            await trio.sleep(window_s)
+            cpu1, tok1 = cpu_seconds(pid), sum(s.tokens for s in streams)
+            if not any(s.terminal is not None for s in streams):
+                window = (time.perf_counter() - w0, tok1 - tok0, cpu1 - cpu0)
+                if gc_file is not None:
+                    pauses = await gc_window()
+    if gc_file is not None and window is None:
+        pauses = await gc_window()
+    return Isolated(runs, *(window or (time.perf_counter() - started, runs * tokens, 0.0)),
+                    [p[1] for p in pauses], sum(1 for p in pauses if p[0] == 2),
+                    sum(p[2] for p in pauses), steady=window is not None,
+                    load_cpu_s=cpu_seconds(pid) - load_cpu0)
+
+
+async def per_run(port: int, pid: int, runs: int, concurrency: int = 10) -> float:
+    """Server CPU per run (µs) for short runs (one token): submit, SSE stream, the run's
+    few events, its ending and everything the server does afterwards (projector, retention),
+    ``concurrency`` at a time."""
+    left = runs
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            res = await cody_stream(port, 1, 0.0)
+            if res.terminal != b"response_done":
+                raise RuntimeError(f"a short run ended {res.terminal!r}")
+
+    cpu0 = cpu_seconds(pid)
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    await trio.sleep(1.0)  # what the server does after the runs ended (projector, ...)
+    return (cpu_seconds(pid) - cpu0) / runs * 1e6

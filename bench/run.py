@@ -28,7 +28,12 @@ Workloads, in order (memory first, so RSS is not measured in arenas freed by ear
   peer       1 / 10 / 100 runs of 1,000 tokens, first token, lag (200 tokens 10 ms apart) and
              resume on ``langgraph dev`` next to Cody on the same workloads
 
+  cpu        server CPU per isolated token (500 runs x 10 tokens/s, one reader each, over a
+             window where every run streams), the server's GC pauses in that window
+             (bench/serve_gc.py), and server CPU per short run (set-up and tear-down)
+
     python bench/run.py [--redis redis://127.0.0.1:6379/0] [--no-peer] [--lg-bin PATH]
+    python bench/run.py --only cpu [--runs 100 --short-runs 100]   (quick: ~1 min)
 """
 
 from __future__ import annotations
@@ -136,7 +141,10 @@ class Servers:
                        CODY_SLOW_STEP_MS=os.environ.get("CODY_SLOW_STEP_MS", "0"),
                        OPENAI_API_KEY="sk-bench",
                        OPENAI_BASE_URL=f"http://{HOST}:{self.provider_port}/v1")
-        self.cody = ServerProcess(data_dir, env).start()
+        self.gc_file = tmp / "gc.json"
+        env["CODY_BENCH_GC_FILE"] = str(self.gc_file)
+        self.cody = ServerProcess(data_dir, env, argv=[sys.executable, "-m", "bench.serve_gc"],
+                                  cwd=ROOT).start()
         stack.callback(self.cody.stop)
         assert self.cody.proc is not None
         self.cody_port = self.cody.port
@@ -280,6 +288,29 @@ async def over_http(table: Table, s: Servers, redis_url: str, prefix: str) -> di
     return out
 
 
+async def cpu_rows(table: Table, s: Servers, runs: int, short_runs: int) -> None:
+    """CPU per isolated token, CPU per run, GC pauses (issue 16)."""
+    await h.load(h.cody_stream, s.cody_port, s.cody_pid, 4, 200)  # warm up
+    table.section(f"CPU per isolated token and per run (server process, {runs} runs x "
+                  "10 tokens/s; short runs: 1 token, 10 at a time)")
+    us = await h.per_run(s.cody_port, s.cody_pid, short_runs)
+    iso = await h.isolated_tokens(s.cody_port, s.cody_pid, runs, tokens=120, gc_file=s.gc_file)
+    if iso.steady:
+        per_tok, how = iso.cpu_us_tok, f"{iso.tokens:,} tokens in {iso.window_s:.1f} s"
+    else:  # the machine was too busy for a window where every run streams
+        per_tok = (iso.load_cpu_s * 1e6 - runs * us) / iso.tokens
+        how = "whole load less set-up/tear-down: the machine was too busy for a window"
+    table.add(f"CPU per isolated token ({runs} runs x 10 tok/s, 1 reader each)",
+              f"{per_tok:.1f} us", "", None, verdict(per_tok <= 150, "<= 150 us") + f" ({how})")
+    pauses = iso.gc_pauses_ms
+    table.add(f"GC pauses at {runs} runs, CPU: p99/max ms (count, full)",
+              f"{h.pct(pauses, 99):.2f} / {max(pauses, default=0):.1f}", "", None,
+              verdict(h.pct(pauses, 99) <= 5 if pauses else True, "p99 <= 5 ms")
+              + f" ({len(pauses)}, {iso.gc_full} full; {iso.gc_collected:,} objects freed)")
+    table.add(f"CPU per run set-up+tear-down ({short_runs} short runs)", f"{us / 1000:.2f} ms",
+              "", None, verdict(us <= 2000, "<= 2 ms"))
+
+
 # ------------------------------------------------------------------------- the peer
 
 
@@ -325,7 +356,11 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-peer", action="store_true", help="skip langgraph dev")
     parser.add_argument("--lg-bin", default=None, help="the langgraph command (default: found)")
-    parser.add_argument("--only", choices=("inprocess", "http"), default=None)
+    parser.add_argument("--only", choices=("inprocess", "http", "cpu"), default=None)
+    parser.add_argument("--runs", type=int, default=500,
+                        help="runs of the CPU-per-isolated-token row (fewer: a quick look)")
+    parser.add_argument("--short-runs", type=int, default=500,
+                        help="runs of the CPU-per-run row")
     args = parser.parse_args()
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="cody-bench-"))
@@ -335,10 +370,15 @@ def main() -> None:
     try:
         if args.only in (None, "inprocess"):
             trio.run(in_process, table, InProcess(args.redis, prefix, tmp))
+        if args.only == "cpu":
+            with ExitStack() as stack:
+                servers = Servers(stack, args.redis, prefix, tmp)
+                trio.run(cpu_rows, table, servers, args.runs, args.short_runs)
         if args.only in (None, "http"):
             with ExitStack() as stack:
                 servers = Servers(stack, args.redis, prefix, tmp)
                 cody = trio.run(over_http, table, servers, args.redis, prefix)
+                trio.run(cpu_rows, table, servers, args.runs, args.short_runs)
             if lg_bin is None:
                 table.section("the peer: skipped (pip install -e '.[bench]' for langgraph)")
             else:

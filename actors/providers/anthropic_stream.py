@@ -150,7 +150,7 @@ class _Block:
 class AnthropicMessagesNormaliser(SSENormaliser):
     """One Messages API stream in, canonical payloads out (``StreamNormaliser``)."""
 
-    __slots__ = ("_handlers", "_ids", "_ignored", "_input", "_message_id", "_open", "_output",
+    __slots__ = ("_ids", "_ignored", "_input", "_message_id", "_open", "_output",
                  "_stop_reason", "_thinking")
     PROVIDER = PROVIDER
     ENDS_WITH = "message_stop"
@@ -166,15 +166,6 @@ class AnthropicMessagesNormaliser(SSENormaliser):
         self._output = 0
         self._thinking: int | None = None  # output_tokens_details.thinking_tokens
         self._stop_reason: str | None = None
-        self._handlers: dict[str, Callable[[dict[str, Any], list[Payload]], None]] = {
-            "message_start": self._message_start,
-            "content_block_start": self._block_start,
-            "content_block_delta": self._block_delta,
-            "content_block_stop": self._block_stop,
-            "message_delta": self._message_delta,
-            "message_stop": self._message_stop,
-            "error": self._error,
-        }
 
     # ------------------------------------------------------------------ dispatch
 
@@ -192,13 +183,13 @@ class AnthropicMessagesNormaliser(SSENormaliser):
                        f"anthropic stream: {event}: 'type' missing or of the wrong type",
                        {"event": event, "field": "type"})
             return
-        handler = self._handlers.get(kind)
+        handler = _HANDLERS.get(kind)
         if handler is None:  # ping, and event types added after this was written
             return
         try:
             if self._message_id is None and kind != "message_start" and kind != "error":
                 raise Violation("message_start")
-            handler(obj, out)
+            handler(self, obj, out)
         except Violation as exc:
             self._fail(out, SCHEMA_VIOLATION,
                        f"anthropic stream: {kind}: {exc.field!r} missing or of the wrong type",
@@ -376,3 +367,17 @@ class AnthropicMessagesNormaliser(SSENormaliser):
             item_id = self._item_id(index)
             out.append(ItemDone(item_id=item_id, final_item=MessageItem(
                 id=item_id, origin="agent", role="assistant", content="")))
+
+
+# Dispatch by event type: plain functions, not bound methods kept on the instance (a
+# normaliser holding its own bound methods is a reference cycle per run for the cyclic GC).
+_Handler = Callable[[AnthropicMessagesNormaliser, dict[str, Any], list[Payload]], None]
+_HANDLERS: dict[str, _Handler] = {
+    "message_start": AnthropicMessagesNormaliser._message_start,
+    "content_block_start": AnthropicMessagesNormaliser._block_start,
+    "content_block_delta": AnthropicMessagesNormaliser._block_delta,
+    "content_block_stop": AnthropicMessagesNormaliser._block_stop,
+    "message_delta": AnthropicMessagesNormaliser._message_delta,
+    "message_stop": AnthropicMessagesNormaliser._message_stop,
+    "error": AnthropicMessagesNormaliser._error,
+}

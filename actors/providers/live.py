@@ -52,12 +52,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
 
+from actors.providers.http_body import ProviderBody
 from actors.providers.provider import ModelProvider, ProviderCall
 from actors.providers.provider_errors import classify, redact
 from runtime.catalogue import ProviderSpec, builtin_providers
@@ -76,6 +78,7 @@ log = logging.getLogger(__name__)
 
 #: Configured headers whose values are treated as secrets (kept out of messages like the key).
 _SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie|password")
+_CLOSED = httpx.ByteStream(b"")
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 
@@ -190,6 +193,15 @@ class Endpoint:
         return bool(self.api_key) or self.api_key_env is None
 
 
+async def _close(response: httpx.Response) -> None:
+    """Close ``response`` and drop its stream: httpx's Response and its stream refer to each
+    other, a cycle per request left for the cyclic GC (whose pauses stall every stream)."""
+    try:
+        await response.aclose()
+    finally:
+        response.stream = _CLOSED
+
+
 class HttpProvider:
     """One provider's streaming endpoint."""
 
@@ -277,7 +289,7 @@ class HttpProvider:
             try:
                 body = await response.aread()
             finally:
-                await response.aclose()
+                await _close(response)
             code, message = _error_from_body(response.status_code, body)
             code, message = redact(code, self._secrets), redact(message, self._secrets)
             if response.status_code in RETRYABLE_STATUS and attempt < self.retry.max_retries:
@@ -294,10 +306,22 @@ class HttpProvider:
     async def stream(self, call: ProviderCall) -> AsyncIterator[AsyncIterator[bytes]]:
         response = await self._open(call)
         try:
-            yield self._body(response)
+            yield ProviderBody(response, self._body(response), idle_timeout_s=self.idle_timeout_s,
+                               lost=partial(self._lost, response), idle=partial(self._idle_error,
+                                                                               response))
         finally:
             with trio.CancelScope(shield=True):
-                await response.aclose()
+                await _close(response)
+
+    def _lost(self, response: httpx.Response, exc: BaseException) -> ProviderError:
+        return ProviderError(
+            f"{self.id}: connection lost mid-stream: {redact(repr(exc), self._secrets)}",
+            code=PROVIDER_CONNECTION_LOST, details=self._details(response.status_code))
+
+    def _idle_error(self, response: httpx.Response) -> ProviderError:
+        return ProviderError(f"{self.id}: no data for {self.idle_timeout_s:g} s",
+                             code=PROVIDER_IDLE_TIMEOUT,
+                             details=self._details(response.status_code))
 
     async def _body(self, response: httpx.Response) -> AsyncIterator[bytes]:
         chunks = response.aiter_raw()
@@ -309,15 +333,9 @@ class HttpProvider:
                 except StopAsyncIteration:
                     return
                 except httpx.TransportError as exc:
-                    raise ProviderError(
-                        f"{self.id}: connection lost mid-stream: "
-                        f"{redact(repr(exc), self._secrets)}",
-                        code=PROVIDER_CONNECTION_LOST,
-                        details=self._details(response.status_code)) from exc
+                    raise self._lost(response, exc) from exc
             if chunk is None:
-                raise ProviderError(
-                    f"{self.id}: no data for {self.idle_timeout_s:g} s",
-                    code=PROVIDER_IDLE_TIMEOUT, details=self._details(response.status_code))
+                raise self._idle_error(response)
             yield chunk
 
 

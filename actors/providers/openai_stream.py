@@ -128,7 +128,7 @@ def _texts(parts: list[Any], kinds: dict[str, str], field: str) -> list[str]:
 class OpenAIResponsesNormaliser(SSENormaliser):
     """One Responses API stream in, canonical payloads out (``StreamNormaliser``)."""
 
-    __slots__ = ("_called", "_handlers", "_known", "_refused", "_summary_parts")
+    __slots__ = ("_called", "_known", "_refused", "_summary_parts")
     PROVIDER = PROVIDER
     ENDS_WITH = "a terminal event"
 
@@ -138,17 +138,6 @@ class OpenAIResponsesNormaliser(SSENormaliser):
         self._summary_parts: dict[str, int] = {}
         self._called = False  # a function_call item was done
         self._refused = False  # a message carried a refusal
-        self._handlers: dict[str, Callable[[dict[str, Any], list[Payload]], None]] = {
-            "response.output_item.added": self._item_added,
-            "response.output_item.done": self._item_done,
-            "response.reasoning_summary_part.added": self._summary_part,
-            "response.output_text.done": self._text_done,
-            "response.function_call_arguments.done": self._arguments_done,
-            "response.completed": self._completed,
-            "response.incomplete": self._incomplete,
-            "response.failed": self._failed,
-            "error": self._error,
-        }
 
     def feed(self, data: bytes) -> list[Payload]:
         out: list[Payload] = []
@@ -212,11 +201,11 @@ class OpenAIResponsesNormaliser(SSENormaliser):
             elif delta or item_id not in self._known:
                 out.append(_new_delta(item_id, delta))
             return
-        handler = self._handlers.get(kind)
+        handler = _HANDLERS.get(kind)
         if handler is None:
             return
         try:
-            handler(obj, out)
+            handler(self, obj, out)
         except Violation as exc:
             self._violation(out, kind, exc.field)
         except ValidationError as exc:  # a final item our schema refuses (e.g. empty name)
@@ -360,3 +349,18 @@ class OpenAIResponsesNormaliser(SSENormaliser):
         if canonical is not None:
             details = {**details, "provider_code": code}
         self._fail(out, canonical or code, message, details)
+
+
+# Dispatch by event type: plain functions, not bound methods kept on the instance (a
+# normaliser holding its own bound methods is a reference cycle per run for the cyclic GC).
+_HANDLERS: dict[str, Callable[[OpenAIResponsesNormaliser, dict[str, Any], list[Payload]], None]] = {
+    "response.output_item.added": OpenAIResponsesNormaliser._item_added,
+    "response.output_item.done": OpenAIResponsesNormaliser._item_done,
+    "response.reasoning_summary_part.added": OpenAIResponsesNormaliser._summary_part,
+    "response.output_text.done": OpenAIResponsesNormaliser._text_done,
+    "response.function_call_arguments.done": OpenAIResponsesNormaliser._arguments_done,
+    "response.completed": OpenAIResponsesNormaliser._completed,
+    "response.incomplete": OpenAIResponsesNormaliser._incomplete,
+    "response.failed": OpenAIResponsesNormaliser._failed,
+    "error": OpenAIResponsesNormaliser._error,
+}
