@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import trio
 
 from actors.local_runs import LocalRuns, freshest
+from actors.node_tail import NodeTail
 from actors.providers.provider import ModelProvider
 from actors.providers.settings import RequestSettings
 from actors.reading import ReadingService
@@ -61,7 +62,8 @@ class ActorLog:
 class SubmissionService:
     def __init__(self, config: RuntimeConfig, *, runs: LocalRuns, log_: EventLog,
                  store: Store, providers: dict[str, ModelProvider], clock: WallClock,
-                 node_id: str, actor_log: ActorLog, reading: ReadingService) -> None:
+                 node_id: str, actor_log: ActorLog, reading: ReadingService,
+                 node_tail: NodeTail | None = None) -> None:
         self._config = config
         self._runs = runs
         self._log = log_
@@ -71,6 +73,7 @@ class SubmissionService:
         self._node_id = node_id
         self._actor_log = actor_log
         self._reading = reading
+        self._node_tail = node_tail
 
     # ------------------------------------------------------------------ policy
 
@@ -167,9 +170,13 @@ class SubmissionService:
                          subscriber_buffer=cfg.subscriber_buffer)
         self._runs.reserve(actor)
         try:
-            await self._log.put_meta(run_id, {"thread_id": thread_id, "turn_id": turn_id,
-                                              "status": "in_progress", "node": self._node_id,
-                                              "provider_id": provider_id, "model_id": model_id})
+            meta: dict[str, str | int] = {
+                "thread_id": thread_id, "turn_id": turn_id, "status": "in_progress",
+                "node": self._node_id, "provider_id": provider_id, "model_id": model_id,
+                "created_at": self._clock.now_ms()}
+            if req.agent_id:
+                meta["agent_id"] = req.agent_id
+            await self._log.put_meta(run_id, meta)
         except BaseException:
             self._runs.release(run_id)
             raise
@@ -178,8 +185,9 @@ class SubmissionService:
                             events_url=f"/api/v2/runs/{run_id}/events")
 
     async def cancel(self, run_id: str) -> Response:
-        """Idempotent: a live run here ends ``aborted`` (waited for, up to
-        :data:`CANCEL_WAIT_S`); any run answers with its Response as it then is.
+        """Idempotent: a live run ends ``aborted`` (waited for, up to :data:`CANCEL_WAIT_S`);
+        any run answers with its Response as it then is. A run whose actor is on another
+        node is cancelled by its owner, told through Redis (actors/node_tail.py).
 
         Raises:
             NotFound: no such run.
@@ -189,4 +197,7 @@ class SubmissionService:
             actor.cancel()
             with trio.move_on_after(CANCEL_WAIT_S):
                 await actor.finished.wait()
+        elif self._node_tail is not None:
+            await self._node_tail.cancel_remote(run_id, reason="cancelled by user",
+                                                wait_s=CANCEL_WAIT_S)
         return await self._reading.get_response(run_id)

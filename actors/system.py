@@ -8,7 +8,7 @@ Structure (one root nursery, nothing fire-and-forget)::
     ├── store (SQLite, or PostgreSQL with CODY_STORE_URL)   runtime/store/
     └── root nursery
         ├── group committer                                 runtime/group_commit.py
-        ├── supervisor (one_for_one): projector, janitor, extra workers (the HTTP server)
+        ├── supervisor (one_for_one): node tail, projector, janitor, extra workers (HTTP)
         └── runs nursery: one RunActor per run, never restarted       actors/local_runs.py
 
 The services, what the API calls (and all it may call)::
@@ -34,6 +34,7 @@ import trio
 from actors.janitor import Janitor
 from actors.lifecycle import Lifecycle
 from actors.local_runs import LocalRuns
+from actors.node_tail import NodeTail
 from actors.projector import Projector
 from actors.providers.fixtures import FixtureLibrary, default_fixtures_dir
 from actors.providers.live import open_live_providers
@@ -76,6 +77,10 @@ class CodyRuntime(Services):
     store: Store
     runs: LocalRuns
     projector: Projector | None
+    node_id: str = ""
+    """This node's id (its lease, its control stream, its runs' ``node`` in Redis)."""
+    node_tail: NodeTail | None = None
+    """This node's multiplexed tail: remote runs' events, cancels from other nodes."""
 
 
 @asynccontextmanager
@@ -117,7 +122,11 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             committer = GroupCommitter(event_log)
             await root.start(committer.run)
             runs = LocalRuns(await root.start(_hold_nursery))
-            reading = ReadingService(runs=runs, log_=event_log, store=store, clock=clock)
+            node_tail = NodeTail(event_log, node_id=node_id, local_actor=runs.get,
+                                 subscriber_buffer=config.subscriber_buffer,
+                                 poll_ms=config.tail_poll_ms)
+            reading = ReadingService(runs=runs, log_=event_log, store=store, clock=clock,
+                                     node_tail=node_tail)
             projector = None
             if run_projector:
                 projector = Projector(event_log, store, consumer=f"projector-{node_id}",
@@ -130,12 +139,14 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                 submission=SubmissionService(
                     config, runs=runs, log_=event_log, store=store, providers=providers,
                     clock=clock, node_id=node_id, actor_log=ActorLog(committer, event_log),
-                    reading=reading),
+                    reading=reading, node_tail=node_tail),
                 reading=reading,
                 threads=ThreadService(runs=runs, store=store),
                 lifecycle=Lifecycle(runs=runs, log_=event_log, store=store),
-                log=event_log, store=store, runs=runs, projector=projector)
-            children: list[ChildSpec] = []
+                log=event_log, store=store, runs=runs, projector=projector,
+                node_id=node_id, node_tail=node_tail)
+            children: list[ChildSpec] = [
+                ChildSpec("node-tail", node_tail.run, RestartPolicy.PERMANENT)]
             if projector is not None:
                 children.append(ChildSpec("projector", projector.run, RestartPolicy.PERMANENT))
             janitor = Janitor(event_log, node_id=node_id, local_runs=runs.actors, clock=clock,
