@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -148,9 +149,24 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     the embedded Redis ten seconds into an idle server. A fork takes a few milliseconds of the
     event loop, once at start and once per restart."""
     with open(log_path, "ab") as log_file:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=log_file, start_new_session=True,
-                                preexec_fn=_die_with_parent(os.getpid()))
+        return spawn_tied(args, stdout=log_file, stderr=log_file)
+
+
+def spawn_tied(args: list[str], *, stdout: Any = subprocess.DEVNULL,
+               stderr: Any = subprocess.DEVNULL, env: dict[str, str] | None = None,
+               pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    """A child in its own session (a Ctrl-C in the terminal reaches only us, who stop it in
+    order) that gets SIGTERM when this process dies, kill -9 included (``PR_SET_PDEATHSIG``;
+    call it from the trio thread, see :func:`_spawn`). The embedded redis-server and the
+    worker nodes of ``cody serve --workers N`` (actors/workers.py) are both started so."""
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                            env=env, pass_fds=pass_fds, start_new_session=True,
+                            preexec_fn=_die_with_parent(os.getpid()))
+
+
+async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for ``proc`` to exit without a thread (a pidfd on Linux); its exit code."""
+    return await _wait_exit(proc)
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
