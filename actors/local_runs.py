@@ -11,7 +11,7 @@ before it reaches the store.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -87,11 +87,14 @@ class LocalRuns:
     def release(self, run_id: str) -> None:
         self.actors.pop(run_id, None)
 
-    def start(self, actor: RunActor) -> None:
+    def start(self, actor: RunActor,
+              on_end: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run ``actor``; ``on_end`` (shielded: it must bound itself) once it is gone."""
         self.stats.runs_started += 1
-        self._nursery.start_soon(self._run, actor)
+        self._nursery.start_soon(self._run, actor, on_end)
 
-    async def _run(self, actor: RunActor) -> None:
+    async def _run(self, actor: RunActor,
+                   on_end: Callable[[], Awaitable[None]] | None = None) -> None:
         try:
             await actor.run()
         finally:
@@ -100,6 +103,9 @@ class LocalRuns:
                 self.recent.add(snap)
             self.release(actor.run_id)
             self.stats.runs_finished += 1
+            if on_end is not None:
+                with trio.CancelScope(shield=True):
+                    await on_end()
 
     def recent_on(self, thread_id: str) -> list[Response]:
         return [r for r in self.recent.responses.values() if r.thread_id == thread_id]

@@ -26,30 +26,81 @@ from runtime.clock import WallClock
 from runtime.errors import NotFound, StreamExpired, ValidationFailed
 from runtime.eventlog import EventLog, entry_key
 from runtime.schema import TERMINAL_EVENT_TYPES, TERMINAL_STATUSES, Response
-from runtime.store import Store
+from runtime.store import DEFAULT_TENANT, Store
 from runtime.stream_fold import replay_response
 
-_CURSOR = re.compile(r"^\d+-\d+$")
+_CURSOR = re.compile(r"^\d{1,20}-\d{1,20}$")
+_U64 = 2**64
+"""Both halves of a Redis stream id are unsigned 64-bit: a larger one matched the pattern,
+was answered 200, then Redis refused it ("Invalid stream ID") mid-stream."""
+
+
+def check_cursor(cursor: str, field: str = "Last-Event-ID") -> str:
+    """``cursor`` if it is a stream entry id Redis accepts, else 400 naming ``field``.
+
+    Raises:
+        ValidationFailed: not ``<ms>-<seq>``, or either half is over 2**64 - 1.
+    """
+    if _CURSOR.match(cursor):
+        ms, seq = cursor.split("-")
+        if int(ms) < _U64 and int(seq) < _U64:
+            return cursor
+    raise ValidationFailed(f"{field}: must be a stream entry id like 1700000000000-0",
+                           details={"field": field})
 
 
 class ReadingService:
     def __init__(self, *, runs: LocalRuns, log_: EventLog, store: Store,
-                 clock: WallClock, node_tail: NodeTail | None = None) -> None:
+                 clock: WallClock, tenants: bool = False,
+                 node_tail: NodeTail | None = None) -> None:
         self._runs = runs
         self._log = log_
         self._store = store
         self._clock = clock
         self._node_tail = node_tail
+        self._tenants = tenants
+        """Whether API keys are on: without them every run is ``DEFAULT_TENANT``'s and the
+        ownership check (a store or Redis round trip) is skipped."""
 
-    async def get_response(self, run_id: str) -> Response:
+    async def check_owner(self, run_id: str, tenant: str) -> None:
+        """Another tenant's run does not exist for ``tenant`` (404, never 403). A run is its
+        thread's tenant's: known from the local actor's thread, the run's Redis metadata
+        (``tenant``, written at submit) or the store. A run found nowhere passes: the caller
+        answers 404 for it anyway.
+
+        Raises:
+            NotFound: the run is another tenant's.
+        """
+        if not self._tenants:
+            return
+        actor = self._runs.get(run_id)
+        if actor is not None:
+            owned = await self._store.get_thread(actor.spec.thread_id, tenant=tenant)
+            if owned is not None:
+                return
+        else:
+            meta = await self._log.get_meta(run_id)
+            if meta.get("tenant") == tenant:
+                return
+            if not meta.get("tenant"):
+                owner = await self._store.response_tenant(run_id)
+                if owner is None and not meta.get("thread_id"):
+                    return
+                if owner == tenant or (owner is None and await self._store.get_thread(
+                        meta["thread_id"], tenant=tenant) is not None):
+                    return
+        raise NotFound(f"no run {run_id}", details={"run_id": run_id})
+
+    async def get_response(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> Response:
         """Raises:
-            NotFound: no such run anywhere.
+            NotFound: no such run anywhere (or another tenant's).
             CorruptStream: it is only in Redis, and its stream cannot be folded.
         """
+        await self.check_owner(run_id, tenant)
         actor = self._runs.get(run_id)
         if actor is not None and (snap := actor.snapshot()) is not None:
             return snap
-        stored = await self._store.get_response(run_id)
+        stored = await self._store.get_response(run_id, tenant=tenant)
         if stored is not None and stored.status in TERMINAL_STATUSES:
             return stored
         rebuilt = await self.rebuild(run_id)
@@ -85,18 +136,19 @@ class ReadingService:
         """The Response replayed from the run's stream (it can always be rebuilt)."""
         return await replay_response(self._log, run_id)
 
-    async def open_reader(self, run_id: str, cursor: str | None) -> RunReader | None:
+    async def open_reader(self, run_id: str, cursor: str | None, *,
+                          tenant: str = DEFAULT_TENANT,
+                          cursor_field: str = "Last-Event-ID") -> RunReader | None:
         """A reader after ``cursor``; ``None`` when the cursor is already past the end.
 
         Raises:
-            ValidationFailed: the cursor is not a stream entry id (field ``Last-Event-ID``).
+            ValidationFailed: the cursor is not a stream entry id Redis takes (checked before
+                anything is read; the field is ``cursor_field``).
             StreamExpired: the stream is gone but the Response is stored.
-            NotFound: no such run.
+            NotFound: no such run (or another tenant's).
         """
-        cursor = cursor or "0-0"
-        if not _CURSOR.match(cursor):
-            raise ValidationFailed("Last-Event-ID: must be a stream entry id like 1700000000000-0",
-                                   details={"field": "Last-Event-ID"})
+        cursor = check_cursor(cursor or "0-0", cursor_field)
+        await self.check_owner(run_id, tenant)
         actor = self._runs.get(run_id)
 
         def find_fanout() -> Fanout | None:
@@ -113,7 +165,7 @@ class ReadingService:
                 if actor is not None or await self._log.run_exists(run_id):
                     return RunReader(self._log, run_id, cursor, find_fanout,
                                      subscribe_remote=remote)
-                if await self._store.get_response(run_id) is not None:
+                if await self._store.get_response(run_id, tenant=tenant) is not None:
                     raise StreamExpired(f"the event stream of run {run_id} has expired; "
                                         f"its Response is at /api/v2/runs/{run_id}",
                                         details={"run_id": run_id})

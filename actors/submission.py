@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import trio
 
+from actors.admission import Admission
 from actors.local_runs import LocalRuns, freshest
 from actors.node_tail import NodeTail
 from actors.providers.provider import ModelProvider
@@ -27,6 +28,7 @@ from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
 from runtime.errors import (
     Conflict,
     InvalidModel,
+    Overloaded,
     ProviderNotConfigured,
     UnknownProvider,
     ValidationFailed,
@@ -35,7 +37,7 @@ from runtime.eventlog import EventLog
 from runtime.group_commit import GroupCommitter
 from runtime.ids import new_uuid
 from runtime.schema import OutputItem, Response
-from runtime.store import Store
+from runtime.store import DEFAULT_TENANT, Store
 from runtime.turns import TurnAccepted, TurnRequest
 
 PROVIDERS = ("openai", "anthropic")
@@ -63,6 +65,7 @@ class SubmissionService:
     def __init__(self, config: RuntimeConfig, *, runs: LocalRuns, log_: EventLog,
                  store: Store, providers: dict[str, ModelProvider], clock: WallClock,
                  node_id: str, actor_log: ActorLog, reading: ReadingService,
+                 admission: Admission | None = None,
                  node_tail: NodeTail | None = None) -> None:
         self._config = config
         self._runs = runs
@@ -73,6 +76,7 @@ class SubmissionService:
         self._node_id = node_id
         self._actor_log = actor_log
         self._reading = reading
+        self._admission = admission or Admission(config, log_=log_, runs=runs, clock=clock)
         self._node_tail = node_tail
 
     # ------------------------------------------------------------------ policy
@@ -123,22 +127,30 @@ class SubmissionService:
         return tools
 
     async def _check_new(self, run_id: str) -> None:
+        """Whoever's it is: an id another tenant used must not start a second run on the same
+        Redis keys (it is refused as taken; nothing of that run is shown)."""
         if run_id in self._runs or await self._log.run_exists(run_id) or \
-                await self._store.get_response(run_id) is not None:
+                await self._store.response_tenant(run_id) is not None:
             raise Conflict(f"run {run_id} already exists", details={"field": "run_id"})
 
-    async def history(self, thread_id: str) -> list[OutputItem]:
+    async def history(self, thread_id: str, *, tenant: str = DEFAULT_TENANT
+                      ) -> list[OutputItem]:
         """Earlier finished turns of a thread, as the provider must see them again: the
         complete ones, in order, without their error and cancellation items."""
-        stored = await self._store.list_thread_responses(thread_id)
+        stored = await self._store.list_thread_responses(thread_id, tenant=tenant)
         responses: list[Response] = freshest(stored, self._runs.recent_on(thread_id))
         return [i for r in responses if r.status == "complete"
                 for i in r.output_items if i.type not in ("error", "cancelled")]
 
     # ------------------------------------------------------------------ submit and cancel
 
-    async def submit(self, req: TurnRequest) -> TurnAccepted:
+    async def submit(self, req: TurnRequest, *, tenant: str = DEFAULT_TENANT) -> TurnAccepted:
+        """Raises (besides the policy errors above):
+            NotFound: ``thread_id`` is another tenant's.
+            Overloaded: a node or tenant admission limit is reached (actors/admission.py).
+        """
         self._runs.check_accepting()
+        self._admission.check_node()
         provider_id, model_id = self.resolve_model(req)
         provider = self._provider_for(provider_id)
         tools = self._tools_for(req)
@@ -147,7 +159,7 @@ class SubmissionService:
             await self._check_new(run_id)
         thread_id = req.thread_id or new_uuid()
         turn_id = req.turn_id or new_uuid()
-        await self._store.ensure_thread(thread_id)
+        await self._store.ensure_thread(thread_id, tenant=tenant)
         cfg = self._config
         entry = cfg.models[model_id]
         effort = req.reasoning_effort or (cfg.default_reasoning_effort
@@ -160,7 +172,8 @@ class SubmissionService:
             provider_id=provider_id, model_id=model_id, prompt=req.prompt,
             settings=RequestSettings(model_name=entry.provider_model, reasoning_effort=effort,
                                      thinking_budget=budget),
-            history=tuple(await self.history(thread_id)) if req.thread_id else (),
+            history=tuple(await self.history(thread_id, tenant=tenant)) if req.thread_id
+            else (),
         )
         runner = ToolRunner(cfg.workspace_root, enabled=tools, timeout_s=cfg.tool_timeout_s,
                             output_cap=cfg.tool_output_cap,
@@ -168,30 +181,38 @@ class SubmissionService:
         actor = RunActor(spec, log_=self._actor_log, provider=provider, tools=runner,
                          clock=self._clock, limits=RunLimits.from_config(cfg),
                          subscriber_buffer=cfg.subscriber_buffer)
+        await self._admission.acquire(tenant, run_id)
+        try:  # again, with no await until reserve: exact under a burst of submits
+            self._admission.check_node()
+        except Overloaded:
+            await self._admission.release(run_id)
+            raise
         self._runs.reserve(actor)
         try:
             meta: dict[str, str | int] = {
                 "thread_id": thread_id, "turn_id": turn_id, "status": "in_progress",
                 "node": self._node_id, "provider_id": provider_id, "model_id": model_id,
-                "created_at": self._clock.now_ms()}
+                "created_at": self._clock.now_ms(), "tenant": tenant}
             if req.agent_id:
                 meta["agent_id"] = req.agent_id
             await self._log.put_meta(run_id, meta)
         except BaseException:
             self._runs.release(run_id)
+            await self._admission.release(run_id)
             raise
-        self._runs.start(actor)
+        self._runs.start(actor, on_end=lambda: self._admission.release(run_id))
         return TurnAccepted(run_id=run_id, thread_id=thread_id, turn_id=turn_id,
                             events_url=f"/api/v2/runs/{run_id}/events")
 
-    async def cancel(self, run_id: str) -> Response:
+    async def cancel(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> Response:
         """Idempotent: a live run ends ``aborted`` (waited for, up to :data:`CANCEL_WAIT_S`);
         any run answers with its Response as it then is. A run whose actor is on another
         node is cancelled by its owner, told through Redis (actors/node_tail.py).
 
         Raises:
-            NotFound: no such run.
+            NotFound: no such run (or another tenant's).
         """
+        await self._reading.check_owner(run_id, tenant)
         actor = self._runs.get(run_id)
         if actor is not None:
             actor.cancel()
@@ -200,4 +221,4 @@ class SubmissionService:
         elif self._node_tail is not None:
             await self._node_tail.cancel_remote(run_id, reason="cancelled by user",
                                                 wait_s=CANCEL_WAIT_S)
-        return await self._reading.get_response(run_id)
+        return await self._reading.get_response(run_id, tenant=tenant)

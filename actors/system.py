@@ -17,6 +17,8 @@ The services, what the API calls (and all it may call)::
     reading      a run's Response (actor, store or replay), readers, 404 and 410
     threads      create, list, get with runs, update, delete
     lifecycle    ready, drain
+    admission    node, SSE and tenant limits (actors/admission.py)
+    security     API keys -> tenants, signed events tokens (runtime/auth.py)
 
 Tests open as many runtimes side by side as they like, each with its own key prefix, data
 dir and store.
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 
 import trio
 
+from actors.admission import Admission
+from actors.datadir import events_secret, secure_data_dir
 from actors.janitor import Janitor
 from actors.lifecycle import Lifecycle
 from actors.local_runs import LocalRuns
@@ -44,6 +48,7 @@ from actors.reading import ReadingService
 from actors.submission import ActorLog, SubmissionService
 from actors.threads import ThreadService
 from actors.tools import hide_process_from_commands
+from runtime.auth import Security
 from runtime.clock import SystemClock, WallClock
 from runtime.config import RuntimeConfig
 from runtime.eventlog import EventLog, open_redis
@@ -66,6 +71,8 @@ class Services:
     reading: ReadingService
     threads: ThreadService
     lifecycle: Lifecycle
+    admission: Admission
+    security: Security
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +110,11 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                        workers: Callable[[CodyRuntime], Sequence[ChildSpec]] | None = None,
                        supervisor: SupervisorOptions | None = None,
                        run_projector: bool = True) -> AsyncIterator[CodyRuntime]:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store_file = config.effective_store_path
+    secure_data_dir(config.data_dir, precreate=(store_file,) if config.store_url is None
+                    and store_file.parent.is_dir() else ())
+    security = Security(keys=config.api_keys, events_ttl_s=config.events_token_ttl_s,
+                        events_secret=events_secret(config.data_dir, config.events_secret))
     if config.exec_enabled:
         hide_process_from_commands()  # exec: our /proc environ and memory hold the keys
     async with AsyncExitStack() as stack:
@@ -126,7 +137,8 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                                  subscriber_buffer=config.subscriber_buffer,
                                  poll_ms=config.tail_poll_ms)
             reading = ReadingService(runs=runs, log_=event_log, store=store, clock=clock,
-                                     node_tail=node_tail)
+                                     tenants=security.enabled, node_tail=node_tail)
+            admission = Admission(config, log_=event_log, runs=runs, clock=clock)
             projector = None
             if run_projector:
                 projector = Projector(event_log, store, consumer=f"projector-{node_id}",
@@ -139,10 +151,11 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                 submission=SubmissionService(
                     config, runs=runs, log_=event_log, store=store, providers=providers,
                     clock=clock, node_id=node_id, actor_log=ActorLog(committer, event_log),
-                    reading=reading, node_tail=node_tail),
+                    reading=reading, admission=admission, node_tail=node_tail),
                 reading=reading,
                 threads=ThreadService(runs=runs, store=store),
                 lifecycle=Lifecycle(runs=runs, log_=event_log, store=store),
+                admission=admission, security=security,
                 log=event_log, store=store, runs=runs, projector=projector,
                 node_id=node_id, node_tail=node_tail)
             children: list[ChildSpec] = [
@@ -153,6 +166,8 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                               lease_ttl_s=config.lease_ttl_s,
                               interval_s=config.janitor_interval_s)
             children.append(ChildSpec("janitor", janitor.run, RestartPolicy.PERMANENT))
+            if config.max_tenant_runs:
+                children.append(ChildSpec("admission", admission.run, RestartPolicy.PERMANENT))
             if workers is not None:
                 children.extend(workers(runtime))
             if children:

@@ -13,10 +13,12 @@ from actors.local_runs import LocalRuns, freshest
 from runtime.errors import NotFound, ValidationFailed
 from runtime.ids import new_uuid
 from runtime.schema import Response
-from runtime.store import Store, Thread
+from runtime.store import DEFAULT_TENANT, Store, Thread
 
 MAX_PAGE = 500
 """The most threads one listing returns."""
+MAX_OFFSET = 1_000_000_000
+"""-- security: past this an offset would overflow the engines' integers (a 500)."""
 
 
 class ThreadService:
@@ -24,38 +26,44 @@ class ThreadService:
         self._runs = runs
         self._store = store
 
-    async def create(self, title: str | None, settings: dict[str, Any]) -> Thread:
-        return await self._store.create_thread(new_uuid(), title, settings)
+    async def create(self, title: str | None, settings: dict[str, Any], *,
+                     tenant: str = DEFAULT_TENANT) -> Thread:
+        return await self._store.create_thread(new_uuid(), title, settings, tenant=tenant)
 
-    async def list_threads(self, *, limit: int = 50, offset: int = 0) -> list[Thread]:
+    async def list_threads(self, *, limit: int = 50, offset: int = 0,
+                           tenant: str = DEFAULT_TENANT) -> list[Thread]:
         """Raises:
             ValidationFailed: ``limit`` is not 1..:data:`MAX_PAGE`, or ``offset`` is negative.
         """
-        if not 1 <= limit <= MAX_PAGE or offset < 0:
-            raise ValidationFailed(f"limit: must be 1..{MAX_PAGE} and offset >= 0",
-                                   details={"field": "limit"})
-        return await self._store.list_threads(limit=limit, offset=offset)
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationFailed(f"limit: must be 1..{MAX_PAGE}", details={"field": "limit"})
+        if not 0 <= offset <= MAX_OFFSET:
+            raise ValidationFailed(f"offset: must be 0..{MAX_OFFSET}",
+                                   details={"field": "offset"})
+        return await self._store.list_threads(limit=limit, offset=offset, tenant=tenant)
 
-    async def with_runs(self, thread_id: str) -> tuple[Thread, list[Response]]:
+    async def with_runs(self, thread_id: str, *, tenant: str = DEFAULT_TENANT
+                        ) -> tuple[Thread, list[Response]]:
         """Raises:
-            NotFound: no such thread.
+            NotFound: no such thread (or another tenant's).
         """
-        thread = await self._store.get_thread(thread_id)
+        thread = await self._store.get_thread(thread_id, tenant=tenant)
         if thread is None:
             raise NotFound(f"no thread {thread_id}", details={"thread_id": thread_id})
-        stored = await self._store.list_thread_responses(thread_id)
+        stored = await self._store.list_thread_responses(thread_id, tenant=tenant)
         return thread, freshest(stored, [*self._runs.recent_on(thread_id),
                                          *self._runs.live_on(thread_id)])
 
     async def update(self, thread_id: str, *, title: str | None,
-                     settings: dict[str, Any] | None) -> Thread:
+                     settings: dict[str, Any] | None, tenant: str = DEFAULT_TENANT) -> Thread:
         """Raises:
-            NotFound: no such thread.
+            NotFound: no such thread (or another tenant's).
         """
-        return await self._store.update_thread(thread_id, title=title, settings=settings)
+        return await self._store.update_thread(thread_id, title=title, settings=settings,
+                                               tenant=tenant)
 
-    async def delete(self, thread_id: str) -> None:
+    async def delete(self, thread_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
         """Raises:
-            NotFound: no such thread.
+            NotFound: no such thread (or another tenant's).
         """
-        await self._store.delete_thread(thread_id)
+        await self._store.delete_thread(thread_id, tenant=tenant)

@@ -84,7 +84,7 @@ def worker_env(config: RuntimeConfig, *, redis_url: str, port: int,
         "CODY_DATA_DIR": str(config.data_dir), "CODY_REPLAY": "1" if config.replay else "0",
         "CODY_EXEC": "1" if config.exec_enabled else "0",
         "CODY_WORKSPACE": str(config.workspace_root), "CODY_WORKERS": str(config.workers),
-        "CODY_LOG_LEVEL": log_level,
+        "CODY_LOG_LEVEL": log_level, "CODY_INSECURE": "1" if config.insecure else "0",
     })
     return env
 

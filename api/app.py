@@ -3,34 +3,40 @@
 Routes parse and validate HTTP (ids, bodies, query strings) and call a service; they never
 touch the store, the event log or an actor (``Services`` has none of them to offer).
 
-Bodies are read whole (bounded by ``max_body_bytes``), parsed as JSON and validated by pydantic
-models that reject unknown fields; every error goes through ``api/errors.py``. SSE responses
-have no timeout; the generator pulls from a ``RunReader`` with a deadline so that keep-alive
-comments go out while a run is quiet, and its cleanup is shielded (it runs under cancellation
-when the client goes away).
+Bodies are read whole (bounded by ``max_body_bytes`` and ``max_json_depth``, and only as
+``application/json``: api/bodies.py), parsed as JSON and validated by pydantic models that
+reject unknown fields; every error goes through ``api/errors.py``. Ids are canonicalised
+(``{u}``, ``urn:uuid:u`` and ``U`` are ``u``). Auth, tenants and CORS are hooks installed
+first (api/auth.py, api/cors.py); each route passes ``current_tenant()`` to its service.
+
+SSE responses have no app-level timeout; the generator pulls from a ``RunReader`` with a
+deadline so that keep-alive comments go out while a run is quiet, and its cleanup is shielded
+(it runs under cancellation when the client goes away). A client that reads nothing is
+dropped by the kernel (``CODY_SSE_SEND_TIMEOUT_S``, api/server.py) and may resume.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from actors.system import Services
-from api.errors import from_cody, from_http, from_unexpected, validation_failed
+from api.auth import current_tenant, events_url, install_auth
+from api.bodies import read_json
+from api.cors import install_cors
+from api.errors import from_cody, from_http, from_unexpected
 from api.models import ThreadCreate, ThreadPatch
 from api.openapi import openapi_document
-from runtime.errors import CodyError, PayloadTooLarge, ValidationFailed
-from runtime.ids import is_uuid
+from runtime.errors import CodyError, ValidationFailed
+from runtime.ids import canonical_uuid
 from runtime.sse import KEEP_ALIVE, STREAM_OPEN
 from runtime.turns import TurnRequest
-
-M = TypeVar("M", bound=BaseModel)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                "Connection": "keep-alive"}
@@ -45,34 +51,10 @@ def _model_json(model: BaseModel, status: int = 200) -> Response:
 
 
 def _check_id(value: str, field: str) -> str:
-    if not is_uuid(value):
+    canonical = canonical_uuid(value)
+    if canonical is None:
         raise ValidationFailed(f"{field}: must be a uuid", details={"field": field})
-    return value.lower()
-
-
-async def _body(model: type[M], max_bytes: int, *, allow_empty: bool = False) -> M:
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise PayloadTooLarge(f"request body is {length} bytes; the limit is {max_bytes}",
-                              details={"limit": max_bytes})
-    raw = await request.get_data(cache=False, as_text=False)
-    if len(raw) > max_bytes:
-        raise PayloadTooLarge(f"request body is over {max_bytes} bytes",
-                              details={"limit": max_bytes})
-    if not raw.strip():
-        if allow_empty:
-            return model.model_validate({})
-        raise ValidationFailed("body: a JSON object is required", details={"field": "body"})
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationFailed(f"body: malformed JSON ({exc})", details={"field": "body"}) from exc
-    if not isinstance(data, dict):
-        raise ValidationFailed("body: must be a JSON object", details={"field": "body"})
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_failed(exc) from exc
+    return canonical
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -85,15 +67,27 @@ def create_app(services: Services) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = 30
     max_body = config.max_body_bytes
     keepalive = config.keepalive_s
+    admission, security = services.admission, services.security
+
+    def _body(model: type[Any], *, allow_empty: bool = False) -> Any:
+        return read_json(model, max_bytes=max_body, max_depth=config.max_json_depth,
+                         allow_empty=allow_empty)
 
     app.register_error_handler(CodyError, from_cody)
     app.register_error_handler(HTTPException, from_http)
     app.register_error_handler(Exception, from_unexpected)
+    install_cors(app, config.cors_origins)  # first: a refused origin never reaches a route
+    install_auth(app, security)
 
     # ------------------------------------------------------------------ runs
 
     async def submit() -> Response:
-        accepted = await submission.submit(await _body(TurnRequest, max_body))
+        tenant = current_tenant()
+        body: TurnRequest = await _body(TurnRequest)
+        accepted = await submission.submit(body, tenant=tenant)
+        if security.enabled:
+            accepted = accepted.model_copy(
+                update={"events_url": events_url(security, accepted.run_id, tenant)})
         return _model_json(accepted, 202)
 
     app.add_url_rule("/api/v2/runs", "submit", submit, methods=["POST"])
@@ -101,18 +95,29 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.get("/api/v2/runs/<run_id>")
     async def get_run(run_id: str) -> Response:
-        return _model_json(await reading.get_response(_check_id(run_id, "run_id")))
+        return _model_json(await reading.get_response(_check_id(run_id, "run_id"),
+                                                      tenant=current_tenant()))
 
     @app.post("/api/v2/runs/<run_id>/cancel")
     async def cancel_run(run_id: str) -> Response:
-        return _model_json(await submission.cancel(_check_id(run_id, "run_id")))
+        return _model_json(await submission.cancel(_check_id(run_id, "run_id"),
+                                                   tenant=current_tenant()))
 
     @app.get("/api/v2/runs/<run_id>/events")
     async def run_events(run_id: str) -> Response | tuple[str, int]:
         run_id = _check_id(run_id, "run_id")
-        cursor = request.headers.get("Last-Event-ID") or request.args.get("after") or None
-        reader = await reading.open_reader(run_id, cursor)
+        cursor, field = request.headers.get("Last-Event-ID"), "Last-Event-ID"
+        if not cursor:
+            cursor, field = request.args.get("after") or None, "after"
+        slot = admission.open_sse()  # 429 past CODY_MAX_SSE_CLIENTS
+        try:
+            reader = await reading.open_reader(run_id, cursor, tenant=current_tenant(),
+                                               cursor_field=field)
+        except BaseException:
+            slot.release()
+            raise
         if reader is None:
+            slot.release()
             return "", 204
 
         async def frames() -> AsyncIterator[bytes]:
@@ -128,8 +133,11 @@ def create_app(services: Services) -> QuartTrio:
                         return
             finally:
                 reader.close()  # unsubscribes at once, cancelled or not: no await needed
+                slot.release()
 
-        response = Response(frames(), mimetype="text/event-stream", headers=SSE_HEADERS)
+        body = frames()
+        slot.tie_to(body)  # released even if the generator never runs
+        response = Response(body, mimetype="text/event-stream", headers=SSE_HEADERS)
         response.timeout = None
         return response
 
@@ -137,8 +145,8 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.post("/api/v2/threads")
     async def create_thread() -> Response:
-        body = await _body(ThreadCreate, max_body, allow_empty=True)
-        thread = await threads.create(body.title, body.settings or {})
+        body: ThreadCreate = await _body(ThreadCreate, allow_empty=True)
+        thread = await threads.create(body.title, body.settings or {}, tenant=current_tenant())
         return _model_json(thread, 201)
 
     @app.get("/api/v2/threads")
@@ -149,25 +157,28 @@ def create_app(services: Services) -> QuartTrio:
         except ValueError as exc:
             raise ValidationFailed("limit/offset: must be integers",
                                    details={"field": "limit"}) from exc
-        listed = await threads.list_threads(limit=limit, offset=offset)
+        listed = await threads.list_threads(limit=limit, offset=offset,
+                                            tenant=current_tenant())
         return _json({"threads": [t.model_dump(mode="json") for t in listed]})
 
     @app.get("/api/v2/threads/<thread_id>")
     async def get_thread(thread_id: str) -> Response:
-        thread, runs = await threads.with_runs(_check_id(thread_id, "thread_id"))
+        thread, runs = await threads.with_runs(_check_id(thread_id, "thread_id"),
+                                               tenant=current_tenant())
         return _json({"thread": thread.model_dump(mode="json"),
                       "runs": [r.model_dump(mode="json") for r in runs]})
 
     @app.patch("/api/v2/threads/<thread_id>")
     async def patch_thread(thread_id: str) -> Response:
         thread_id = _check_id(thread_id, "thread_id")
-        body = await _body(ThreadPatch, max_body)
-        thread = await threads.update(thread_id, title=body.title, settings=body.settings)
+        body: ThreadPatch = await _body(ThreadPatch)
+        thread = await threads.update(thread_id, title=body.title, settings=body.settings,
+                                      tenant=current_tenant())
         return _model_json(thread)
 
     @app.delete("/api/v2/threads/<thread_id>")
     async def delete_thread(thread_id: str) -> tuple[str, int]:
-        await threads.delete(_check_id(thread_id, "thread_id"))
+        await threads.delete(_check_id(thread_id, "thread_id"), tenant=current_tenant())
         return "", 204
 
     # ------------------------------------------------------------------ health

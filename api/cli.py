@@ -15,13 +15,13 @@ from typing import Any, TextIO
 import httpx
 import trio
 
+from runtime.auth import check_bind
 from runtime.config import RuntimeConfig
+from runtime.errors import ValidationFailed
 from runtime.sse import SSEDecoder
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from api.server import serve
-
     overrides: dict[str, object] = {}
     if args.host:
         overrides["host"] = args.host
@@ -41,9 +41,19 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["workspace_root"] = Path(args.workspace)
     if args.workers is not None:
         overrides["workers"] = args.workers
+
+    if args.insecure:
+        overrides["insecure"] = True
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = RuntimeConfig.from_env(None, **overrides)
+    try:  # before the server's imports: a refused bind says so at once
+        check_bind(config.host, has_keys=bool(config.api_keys), insecure=config.insecure)
+    except ValidationFailed as exc:
+        print(f"cody: fatal: {exc}", file=sys.stderr, flush=True)
+        return 1
+    from api.server import serve
+
     try:
         if args.worker_fd is not None:  # one of the nodes of `cody serve --workers N`
             fd = args.worker_fd
@@ -154,7 +164,9 @@ async def _run_turn(args: argparse.Namespace) -> int:
         body["tools"] = [t for t in args.tools.split(",") if t]
     printer = TurnPrinter(sys.stdout, sys.stdout.isatty())
     timeout = httpx.Timeout(10.0, read=None)
-    async with httpx.AsyncClient(base_url=server, timeout=timeout) as client:
+    api_key = os.environ.get("CODY_API_KEY")
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=server, timeout=timeout, headers=auth) as client:
         r = await client.post("/api/v2/runs", json=body)
         if r.status_code != 202:
             print(f"cody: {r.status_code} {r.text}", file=sys.stderr)
@@ -216,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--live", action="store_true", help="call the real providers")
     s.add_argument("--exec", action="store_true", help="enable the exec tool (CODY_EXEC=1)")
     s.add_argument("--workspace", help="tool workspace root (CODY_WORKSPACE, default cwd)")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without CODY_API_KEYS (CODY_INSECURE=1)")
     s.add_argument("--log-level", default=os.environ.get("CODY_LOG_LEVEL", "warning"))
     s.add_argument("--workers", type=int,
                    help="node processes on one port (CODY_WORKERS, default 1; README, "

@@ -21,6 +21,7 @@ from runtime.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
+    Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -28,8 +29,8 @@ from runtime.errors import (
 log = logging.getLogger(__name__)
 
 _BY_STATUS: dict[int, type[CodyError]] = {
-    400: ValidationFailed, 404: NotFound, 405: MethodNotAllowed, 408: RequestTimeout,
-    413: PayloadTooLarge, 415: UnsupportedMediaType}
+    400: ValidationFailed, 401: Unauthorized, 404: NotFound, 405: MethodNotAllowed,
+    408: RequestTimeout, 413: PayloadTooLarge, 415: UnsupportedMediaType}
 
 
 def error_response(exc: CodyError) -> Response:
@@ -46,6 +47,8 @@ def from_cody(exc: CodyError) -> Response:
         # the body was not read: close the connection rather than leave the client blocked
         # writing it (httpx then reads this response after its write fails)
         response.headers["Connection"] = "close"
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cody"'
     return response
 
 

@@ -1,4 +1,10 @@
-"""The OpenAPI 3.1 document, with schemas generated from the pydantic models themselves."""
+"""The OpenAPI 3.1 document, with schemas generated from the pydantic models themselves.
+
+Security (README, Security): every route needs the ``bearer`` scheme when the server has
+API keys (``CODY_API_KEYS``), except the health and readiness probes; the events route also
+takes the signed ``token`` query parameter of the submit response's ``events_url``. Without
+keys the server answers without auth (and binds to loopback only).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,10 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Validation error (names the field)", 404: "Not found", 410: "Stream expired",
             413: "Payload too large", 409: "Conflict",
+            401: "Missing or invalid bearer token (WWW-Authenticate: Bearer realm=\"cody\")",
+            403: "A state-changing request from an origin not in CODY_CORS_ORIGINS",
+            415: "The body is not application/json",
+            429: "An admission limit is reached (Retry-After)",
             503: "Redis or the store unavailable, or the server shutting down (Retry-After)"}
     return {str(c): {"description": text[c], "content": _json_content(_ref("ErrorBody"))}
             for c in codes}
@@ -46,8 +56,10 @@ def openapi_document() -> dict[str, Any]:
         "requestBody": {"required": True, "content": _json_content(_ref("TurnRequest"))},
         "responses": {"202": {"description": "Accepted",
                               "content": _json_content(_ref("TurnAccepted"))},
-                      **_errors(400, 409, 413, 503)},
+                      **_errors(400, 404, 409, 413, 503)},
     }
+    # -- security: who may call what (the descriptions above; README, Security)
+    open_routes = {"/api/v2/health", "/api/v2/ready"}
     paths: dict[str, Any] = {
         "/api/v2/runs": {"post": submit},
         "/api/v2/submit": {"post": {**submit, "summary": "Submit a turn (alias)"}},
@@ -111,7 +123,38 @@ def openapi_document() -> dict[str, Any]:
                                   "responses": {"200": {"description": "ready"},
                                                 **_errors(503)}}},
     }
+    _secure(paths, open_routes)
+    paths["/api/v2/runs/{run_id}/events"]["get"]["parameters"].append(
+        {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "The signed, short-lived token of the submit response's events_url "
+                        "(for EventSource, which cannot send headers); this run only"})
+    paths["/api/v2/runs/{run_id}/events"]["get"]["security"] = [{"bearer": []},
+                                                                 {"eventsToken": []}]
     return {"openapi": "3.1.0",
             "info": {"title": "Cody Core", "version": "0.1.0"},
             "paths": paths,
-            "components": {"schemas": schemas}}
+            "security": [{"bearer": []}],
+            "components": {"schemas": schemas, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "A token of CODY_API_KEYS (tenant:token); needed "
+                                          "when the server has keys"},
+                "eventsToken": {"type": "apiKey", "in": "query", "name": "token",
+                                "description": "The signed token in events_url"}}}}
+
+
+def _secure(paths: dict[str, Any], open_routes: set[str]) -> None:
+    """401 on every route that needs a token, the open ones marked open; 403 and 415 on
+    those taking a body or changing state; 429 where admission limits apply."""
+    for path, methods in paths.items():
+        for method, op in methods.items():
+            responses = op["responses"]
+            if path in open_routes:
+                op["security"] = []
+                continue
+            responses.update(_errors(401))
+            if method in ("post", "patch", "delete"):
+                responses.update(_errors(403))
+            if "requestBody" in op:
+                responses.update(_errors(415))
+            if path in ("/api/v2/runs", "/api/v2/submit") or path.endswith("/events"):
+                responses.update(_errors(429))

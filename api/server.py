@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import warnings
@@ -19,10 +20,12 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors.system import Services, open_runtime
 from api.app import create_app
+from runtime.auth import check_bind
 from runtime.config import RuntimeConfig
 from runtime.slow_steps import SlowSteps
 from runtime.supervisor import ChildSpec, RestartPolicy
@@ -30,8 +33,33 @@ from runtime.supervisor import ChildSpec, RestartPolicy
 log = logging.getLogger(__name__)
 
 
+class _Config(HypercornConfig):
+    """Hypercorn's config, whose listening sockets carry ``TCP_USER_TIMEOUT``.
+
+    Why at the socket: a client that reads nothing fills its receive window, and Hypercorn's
+    ``send_all`` then waits, shielded from cancellation, for ever (the app cannot time it
+    out: its generator is only suspended at ``yield``). With ``TCP_USER_TIMEOUT`` the kernel
+    gives up on data that stays unsent (zero window) or unacknowledged that long, the send
+    fails, Hypercorn closes the connection and the SSE generator's cleanup runs; the client
+    may resume with ``Last-Event-ID``. Accepted sockets inherit it from the listening one.
+    It only applies while data is waiting, so idle keep-alive connections are not affected.
+    """
+
+    send_timeout_s: float = 0.0
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        if self.send_timeout_s > 0 and hasattr(socket, "TCP_USER_TIMEOUT"):
+            for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                                    int(self.send_timeout_s * 1000))
+        return sockets
+
+
 def hypercorn_config(config: RuntimeConfig) -> HypercornConfig:
-    hc = HypercornConfig()
+    hc = _Config()
+    hc.send_timeout_s = config.sse_send_timeout_s
     hc.bind = [f"{config.host}:{config.port}"]
     hc.accesslog = None
     hc.graceful_timeout = 5.0
@@ -96,6 +124,10 @@ def _exit_by_deadline(deadline_s: float) -> threading.Timer:
 
 async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = None,
                 announce: bool = True) -> None:
+    """Raises:
+        ValidationFailed: a non-loopback host without API keys or ``--insecure``.
+    """
+    check_bind(config.host, has_keys=bool(config.api_keys), insecure=config.insecure)
     stop = trio.Event()
     draining = trio.Event()
     if config.slow_step_ms > 0:

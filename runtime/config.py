@@ -7,7 +7,8 @@ tests build configs directly, each with its own key prefix and data dir.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +43,8 @@ DEFAULT_PROVIDER_MODEL: dict[str, str] = {"openai": "gpt-5-mini", "anthropic": "
 EXEC_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "TERM")
 """The server's variables an ``exec`` command sees (plus ``CODY_EXEC_ENV_ALLOW``); nothing else."""
 DEFAULT_EXEC_ENV: dict[str, str] = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-_NEVER_TO_EXEC = frozenset({"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CODY_API_KEYS"})
+_NEVER_TO_EXEC = frozenset({"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CODY_API_KEYS", "CODY_API_KEY",
+                            "CODY_EVENTS_SECRET"})
 
 
 class RuntimeConfig(BaseModel):
@@ -158,6 +160,30 @@ class RuntimeConfig(BaseModel):
     exec_max_file_mb: int = 1024
     exec_max_open_files: int = 1024
 
+    # -- security (README, Security)
+    api_keys: tuple[tuple[str, str], ...] = Field(default=(), repr=False)
+    """``(tenant, token)`` pairs from CODY_API_KEYS / CODY_API_KEYS_FILE; empty: no auth,
+    every request is tenant ``default`` and the server binds to loopback only."""
+    insecure: bool = False
+    """Allow a non-loopback bind without API keys (``--insecure``)."""
+    events_secret: str | None = Field(default=None, repr=False)
+    """HMAC key of the signed ``events_url`` tokens; None: generated once per data dir into
+    ``events-secret`` (0600), so workers sharing a data dir accept each other's tokens."""
+    events_token_ttl_s: int = Field(default=900, ge=1)
+    cors_origins: tuple[str, ...] = ()
+    """Origins (``scheme://host[:port]``) allowed cross-site; empty: CORS closed."""
+    max_json_depth: int = Field(default=32, ge=1, le=1000)
+    """The deepest nesting of arrays/objects a JSON body may have (400 beyond)."""
+    sse_send_timeout_s: float = Field(default=30.0, ge=0)
+    """A connection whose client reads nothing for this long is dropped (TCP_USER_TIMEOUT on
+    the listening socket; 0: never)."""
+    max_live_runs: int = Field(default=0, ge=0)
+    """Live runs per node (429 beyond; 0: no limit)."""
+    max_sse_clients: int = Field(default=0, ge=0)
+    """Open event streams per node (429 beyond; 0: no limit)."""
+    max_tenant_runs: int = Field(default=0, ge=0)
+    """Concurrent runs per tenant, across all nodes (counted in Redis; 0: no limit)."""
+
     @property
     def effective_store_path(self) -> Path:
         return self.store_path or self.data_dir / "cody.db"
@@ -252,5 +278,70 @@ class RuntimeConfig(BaseModel):
             values["replay"] = replay_env.lower() in ("1", "true", "yes", "on")
         else:
             values["replay"] = not (e.get("OPENAI_API_KEY") or e.get("ANTHROPIC_API_KEY"))
+        _security_from_env(e, values, put)
         values.update(overrides)
         return cls.model_validate(values)
+
+
+# -- security
+
+
+_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+"""A tenant name is part of Redis keys (``{tenant}`` a hash tag) and of events tokens."""
+
+
+def parse_api_keys(text: str, source: str) -> tuple[tuple[str, str], ...]:
+    """``tenant:token`` pairs, comma- or line-separated (blank lines and ``#`` comments
+    skipped). A token maps to one tenant; a tenant may have several tokens."""
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(text.replace(",", "\n").splitlines(), 1):
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        tenant, sep, token = entry.partition(":")
+        tenant, token = tenant.strip(), token.strip()
+        if not sep or not tenant or not token:  # never echo the entry: it may be a token
+            raise ValidationFailed(f"{source}: entry {n} is not tenant:token",
+                                   details={"field": source})
+        if not _TENANT.match(tenant):
+            raise ValidationFailed(f"{source}: entry {n}: a tenant is 1-64 of A-Z a-z 0-9 _ . -",
+                                   details={"field": source})
+        if len(token) < 16:
+            raise ValidationFailed(f"{source}: the token of tenant {tenant!r} is shorter than "
+                                   "16 characters", details={"field": source})
+        if token in seen:
+            raise ValidationFailed(f"{source}: a token is listed twice",
+                                   details={"field": source})
+        seen.add(token)
+        pairs.append((tenant, token))
+    return tuple(pairs)
+
+
+def _security_from_env(e: Mapping[str, str], values: dict[str, object],
+                       put: Callable[..., None]) -> None:
+    keys: list[tuple[str, str]] = []
+    if e.get("CODY_API_KEYS"):
+        keys.extend(parse_api_keys(e["CODY_API_KEYS"], "CODY_API_KEYS"))
+    if e.get("CODY_API_KEYS_FILE"):
+        path = Path(e["CODY_API_KEYS_FILE"])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValidationFailed(f"CODY_API_KEYS_FILE: cannot read {path} ({exc.strerror})",
+                                   details={"field": "CODY_API_KEYS_FILE"}) from exc
+        keys.extend(parse_api_keys(text, "CODY_API_KEYS_FILE"))
+    if keys:
+        values["api_keys"] = tuple(keys)
+    if e.get("CODY_CORS_ORIGINS"):
+        values["cors_origins"] = tuple(o.strip().rstrip("/") for o in
+                                       e["CODY_CORS_ORIGINS"].split(",") if o.strip())
+    if e.get("CODY_INSECURE"):
+        values["insecure"] = e["CODY_INSECURE"].lower() in ("1", "true", "yes", "on")
+    put("events_secret", "CODY_EVENTS_SECRET")
+    put("events_token_ttl_s", "CODY_EVENTS_TOKEN_TTL_S", int)
+    put("max_json_depth", "CODY_MAX_JSON_DEPTH", int)
+    put("sse_send_timeout_s", "CODY_SSE_SEND_TIMEOUT_S", float)
+    put("max_live_runs", "CODY_MAX_LIVE_RUNS", int)
+    put("max_sse_clients", "CODY_MAX_SSE_CLIENTS", int)
+    put("max_tenant_runs", "CODY_MAX_TENANT_RUNS", int)

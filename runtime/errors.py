@@ -18,6 +18,9 @@ so the rest of the code sees only these::
     ├── PayloadTooLarge           413 PAYLOAD_TOO_LARGE       client
     ├── UnsupportedMediaType      415 UNSUPPORTED_MEDIA_TYPE  client
     ├── HttpError                 4xx HTTP_ERROR              client (other HTTP refusals)
+    ├── Unauthorized              401 UNAUTHORIZED            client (no or a wrong token)
+    ├── OriginNotAllowed          403 ORIGIN_NOT_ALLOWED      client (a cross-site write)
+    ├── Overloaded                429 OVERLOADED              client (back off: Retry-After)
     ├── RedisUnavailable          503 REDIS_UNAVAILABLE       infrastructure
     ├── StoreUnavailable          503 STORE_UNAVAILABLE       infrastructure
     ├── ShuttingDown              503 SHUTTING_DOWN           infrastructure (draining)
@@ -184,6 +187,38 @@ class HttpError(CodyError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+# -- security
+
+
+class Unauthorized(CodyError):
+    """No bearer token, or one that is not configured (or an events token that is expired,
+    forged, or for another run). The API adds ``WWW-Authenticate: Bearer realm="cody"``."""
+
+    code = "UNAUTHORIZED"
+    status = 401
+    kind = ErrorKind.CLIENT
+
+
+class OriginNotAllowed(CodyError):
+    """A state-changing request from a browser page of another origin that CODY_CORS_ORIGINS
+    does not list: refused before anything runs, so no cross-site form can start or cancel a
+    run (README, Security)."""
+
+    code = "ORIGIN_NOT_ALLOWED"
+    status = 403
+    kind = ErrorKind.CLIENT
+
+
+class Overloaded(CodyError):
+    """An admission limit is reached (live runs on this node, SSE clients, a tenant's
+    concurrent runs): 429 with ``Retry-After``; the same request succeeds once load drops."""
+
+    code = "OVERLOADED"
+    status = 429
+    kind = ErrorKind.CLIENT  # INFRASTRUCTURE means 503; this one is the caller's to back off
+    retry_after_s = 1
 
 
 # ---------------------------------------------------------------------- infrastructure (503)

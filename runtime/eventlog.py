@@ -236,6 +236,18 @@ async def open_redis(url: str, max_connections: int, *, connect_timeout_s: float
             raise ours from exc
         raise
 
+# -- security: a tenant's run slot, taken only while fewer than the limit are unexpired.
+# KEYS: the tenant's sorted set. ARGV: now (ms), the slot's expiry (ms), the limit, run id,
+# the key's own TTL (ms: long after every slot in it expired, so an idle tenant leaves nothing).
+TENANT_ACQUIRE_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
 
 def _fields(entry: StreamEntry) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in entry.field_values.items()}
@@ -256,6 +268,7 @@ class EventLog:
         self._shard_of_key = {key: i for i, key in enumerate(keys.persist_streams)}
         self._end_orphan = writer.register_script(END_ORPHAN_LUA)
         self._delete_if_last = writer.register_script(DELETE_IF_LAST_LUA)
+        self._tenant_acquire = writer.register_script(TENANT_ACQUIRE_LUA)
 
     def _block(self, block_ms: int) -> int | None:
         """A finite BLOCK argument: ``None`` (do not block) for 0, never Redis's "forever"."""
@@ -562,6 +575,32 @@ class EventLog:
                 entries[by_key[key]] = [(_s(e.identifier), _b(e.field_values[EVENT_FIELD]))
                                         for e in found]
         return control, entries
+
+    # -- security: per-tenant run slots (actors/admission.py)
+
+    async def tenant_acquire(self, tenant: str, run_id: str, *, limit: int, now_ms: int,
+                             ttl_ms: int) -> bool:
+        """Take a slot for ``run_id``, expiring ``ttl_ms`` from now unless refreshed, unless
+        ``limit`` unexpired ones are taken."""
+        with map_redis_errors():
+            reply: Any = await self._tenant_acquire(
+                keys=[self.keys.tenant_runs(tenant)],
+                args=[now_ms, now_ms + ttl_ms, limit, run_id, 4 * ttl_ms])
+        return bool(reply)
+
+    async def tenant_release(self, tenant: str, run_id: str) -> None:
+        with map_redis_errors():
+            await self._w.zrem(self.keys.tenant_runs(tenant), [run_id])
+
+    async def tenant_refresh(self, slots: Mapping[str, Sequence[str]], *, now_ms: int,
+                             ttl_ms: int) -> None:
+        """Push the expiry of these (tenant -> run ids) slots, of runs still live here, on."""
+        with map_redis_errors():
+            async with self._w.pipeline(transaction=False) as pipe:
+                for tenant, run_ids in slots.items():
+                    key = self.keys.tenant_runs(tenant)
+                    pipe.zadd(key, {r: now_ms + ttl_ms for r in run_ids})
+                    pipe.pexpire(key, 4 * ttl_ms)
 
     # ------------------------------------------------------------------ persistence queue
 

@@ -108,6 +108,14 @@ class Keys:
         and ``wake`` entries that end its multiplexed tail's blocking read early."""
         return f"{self.prefix}:node:{{{node_id}}}:control"
 
+    # -- security: admission
+
+    def tenant_runs(self, tenant: str) -> str:
+        """A tenant's running runs, across nodes: a sorted set of run ids scored by the time
+        (ms) their slot expires unless its node refreshes it, so a dead node's runs free their
+        slots by themselves (README, Security: admission)."""
+        return f"{self.prefix}:tenant:{{{tenant}}}:runs"
+
     # ------------------------------------------------------------------ before sharding
 
     @property

@@ -148,19 +148,21 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     from a worker thread, and trio's idle worker threads exit after ~10 s, which used to kill
     the embedded Redis ten seconds into an idle server. A fork takes a few milliseconds of the
     event loop, once at start and once per restart."""
-    with open(log_path, "ab") as log_file:
-        return spawn_tied(args, stdout=log_file, stderr=log_file)
+    # umask 077: the AOF and the rest of what redis-server writes hold prompts (0600)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with open(fd, "ab") as log_file:
+        return spawn_tied(args, stdout=log_file, stderr=log_file, umask=0o077)
 
 
 def spawn_tied(args: list[str], *, stdout: Any = subprocess.DEVNULL,
                stderr: Any = subprocess.DEVNULL, env: dict[str, str] | None = None,
-               pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+               pass_fds: tuple[int, ...] = (), umask: int = -1) -> subprocess.Popen[bytes]:
     """A child in its own session (a Ctrl-C in the terminal reaches only us, who stop it in
     order) that gets SIGTERM when this process dies, kill -9 included (``PR_SET_PDEATHSIG``;
     call it from the trio thread, see :func:`_spawn`). The embedded redis-server and the
     worker nodes of ``cody serve --workers N`` (actors/workers.py) are both started so."""
     return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                            env=env, pass_fds=pass_fds, start_new_session=True,
+                            env=env, pass_fds=pass_fds, start_new_session=True, umask=umask,
                             preexec_fn=_die_with_parent(os.getpid()))
 
 
@@ -212,7 +214,7 @@ class _Layout:
 
 def _layout(data_dir: Path) -> _Layout:
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock = socket_path_for(data_dir)
     sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return _Layout(data_dir, redis_server_binary(), sock, data_dir / LOG_NAME)

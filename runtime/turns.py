@@ -6,13 +6,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runtime.ids import is_uuid
+from runtime.ids import canonical_uuid
 
 
 def _uuid_or_none(value: str | None) -> str | None:
-    if value is not None and not is_uuid(value):
+    """A uuid in its canonical spelling (``{u}``, ``urn:uuid:u`` and ``U`` are all ``u``)."""
+    if value is None:
+        return None
+    canonical = canonical_uuid(value)
+    if canonical is None:
         raise ValueError("must be a uuid")
-    return value.lower() if value is not None else None
+    return canonical
 
 
 class TurnRequest(BaseModel):

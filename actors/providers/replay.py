@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from actors.datadir import private_open
 from actors.providers.fixtures import FixtureLibrary
 from actors.providers.provider import ProviderCall
 from runtime.errors import REPLAY_EXHAUSTED, REPLAY_NO_FIXTURE, ProviderError
@@ -65,7 +66,7 @@ class ReplayProvider:
         if len(self.requests) > 10_000:
             del self.requests[:5_000]
         if self.record_path is not None:
-            with self.record_path.open("a", encoding="utf-8") as f:
+            with private_open(self.record_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
 
     @asynccontextmanager

@@ -175,6 +175,8 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     if (not isinstance(value, list) or len(value) != 2 or type(value[0]) is not int
             or not isinstance(value[1], str)):
         raise bad
+    if not 0 <= value[0] < 2**63 or len(value[1]) > 64:  # -- security: fits a BIGINT
+        raise bad
     return value[0], value[1]
 
 

@@ -76,9 +76,11 @@ async def wait_persisted(client: httpx.AsyncClient, thread_id: str, run_id: str,
             await trio.sleep(0.05)
 
 
-def sent_requests(server: Any, prompt: str) -> list[dict[str, Any]]:
+def sent_requests(server: Any, prompt: str, provider: str | None = None
+                  ) -> list[dict[str, Any]]:
     """The provider request bodies a turn sent, in order: from the replay provider's record
-    (replay mode) or from what the fake provider server received (live mode)."""
+    (replay mode) or from what the fake provider server received (live mode); only those of
+    ``provider`` when given (a shared server has both providers' turns on record)."""
     fake = getattr(server, "fake", None)
     if fake is not None:
         bodies = [r.body for r in fake.requests]
@@ -89,7 +91,9 @@ def sent_requests(server: Any, prompt: str) -> list[dict[str, Any]]:
 
     out = []
     for body in bodies:
-        provider = "openai" if "input" in body else "anthropic"
-        if turn_position(provider, body)[0] == prompt:
+        sent_to = "openai" if "input" in body else "anthropic"
+        if provider not in (None, sent_to):
+            continue
+        if turn_position(sent_to, body)[0] == prompt:
             out.append(body)
     return out

@@ -1,5 +1,5 @@
-"""End-to-end fixtures: a real ``cody serve`` process per test, on a free TCP port, against the
-real Redis on 127.0.0.1:6379 with its own key prefix and its own data dir.
+"""End-to-end fixtures: a real ``cody serve`` process per test (or per module), on a free TCP
+port, against the real Redis on 127.0.0.1:6379 with its own key prefix and its own data dir.
 
 ``server`` runs each test twice: in replay mode, and in live mode with the real provider
 clients pointed at the fake provider server (tests/fake_provider.py), which streams the same
@@ -33,8 +33,9 @@ def _drop_keys(prefix: str) -> None:
                            capture_output=True, timeout=20)
 
 
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[StartServer]:
+@contextlib.contextmanager
+def _servers(tmp_path: Path) -> Iterator[StartServer]:
+    """Starts servers on demand; stops them, drops their keys and closes their fakes after."""
     servers: list[ServerProcess] = []
     fakes: list[FakeProvider] = []
 
@@ -77,6 +78,22 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         fake.__exit__(None, None, None)
 
 
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    with _servers(tmp_path) as start:
+        yield start
+
+
 @pytest.fixture(params=["replay", "live"])
 def server(request: pytest.FixtureRequest, start_server: StartServer) -> ServerProcess:
     return start_server(request.param)
+
+
+@pytest.fixture(scope="module", params=["replay", "live"])
+def module_server(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per module and mode, for tests that only submit and read their own runs:
+    starting ``cody serve`` costs seconds, a run milliseconds. A test that stops, kills or
+    reconfigures its server takes ``start_server`` instead."""
+    with _servers(tmp_path_factory.mktemp("module-server")) as start:
+        yield start(request.param)

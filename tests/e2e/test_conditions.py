@@ -25,6 +25,13 @@ SERVED = [fx for fx in LIBRARY if fx.provider in ("openai", "anthropic")]
 SINGLE_TURN = [fx for fx in SERVED if fx.after is None]
 
 
+@pytest.fixture
+def server(module_server: ServerProcess) -> ServerProcess:
+    """Every test here submits its own runs on its own threads: one server per mode serves
+    them all (the tests that restart or reconfigure a server start their own)."""
+    return module_server
+
+
 def _id(fx: Fixture) -> str:
     return f"{fx.provider}-{fx.name}"
 
@@ -85,7 +92,7 @@ async def test_hp06_two_turns_on_one_thread(server: ServerProcess, provider: str
     assert live1 == persisted1 == first.expected
     assert live2 == persisted2 == second.expected
     # the second request carried the first turn's question and answer (and its reasoning)
-    sent = sent_requests(server, second.prompt)[0]
+    sent = sent_requests(server, second.prompt, provider)[0]
     text = json.dumps(sent)
     assert first.prompt in text and second.prompt in text
     answer = next(i for i in first.expected["output_items"]
