@@ -14,12 +14,19 @@ that loses the race does nothing. Only then, in other slots, come the persistenc
 and the unregistration. A janitor that dies in between leaves a run that has ended but is
 still registered; whoever sweeps next sees exactly that and writes the checkpoint and the
 unregistration again (both idempotent), so the projector always persists the ending.
+
+A run that never wrote an event (queued behind another turn on its thread, or its node died
+right after accepting it) but has its metadata gets ``response_start`` and ``response_error``
+RUN_ORPHANED together, atomically (``EventLog.end_unstarted``), so its clients, waiting on its
+events, get an ending too. Settling a run also releases it on its thread
+(``on_settle``, ``actors/thread_policies.py``) before unregistering it: that is what keeps a
+thread's queue from waiting for ever on a run whose node died.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Protocol
 
 import trio
@@ -29,7 +36,13 @@ from runtime.envelope import EventFactory, decode_event, encode_event
 from runtime.errors import RUN_ORPHANED
 from runtime.eventlog import OrphanEnding
 from runtime.ids import new_traceparent
-from runtime.schema import TERMINAL_EVENT_TYPES, ErrorInfo, ResponseErrorPayload
+from runtime.schema import (
+    TERMINAL_EVENT_TYPES,
+    TERMINAL_STATUSES,
+    ErrorInfo,
+    ResponseErrorPayload,
+    ResponseStart,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +69,17 @@ class JanitorLog(Protocol):
     async def end_orphan(self, run_id: str, *, last_id: str, event: bytes, owner: str,
                          by: str) -> OrphanEnding: ...
 
+    async def get_meta(self, run_id: str) -> dict[str, str]: ...
+
+    async def end_unstarted(self, run_id: str, *, start: bytes, event: bytes, owner: str,
+                            by: str) -> OrphanEnding: ...
+
 
 class Janitor:
     def __init__(self, log_: JanitorLog, *, node_id: str, local_runs: Container[str],
                  clock: WallClock, lease_ttl_s: int = 15, interval_s: float = 5.0,
-                 on_orphan: Callable[[str], None] | None = None) -> None:
+                 on_orphan: Callable[[str], None] | None = None,
+                 on_settle: Callable[[str], Awaitable[None]] | None = None) -> None:
         self._log = log_
         self.node_id = node_id
         self._local = local_runs
@@ -68,6 +87,8 @@ class Janitor:
         self._ttl = lease_ttl_s
         self._interval = interval_s
         self._on_orphan = on_orphan
+        self._on_settle = on_settle
+        """Before an ended run is unregistered: release it on its thread."""
         self.ended = 0
         """Orphans this janitor ended (wrote RUN_ORPHANED for)."""
         self.settled = 0
@@ -131,9 +152,8 @@ class Janitor:
     async def _end(self, run_id: str, node: str, why: str) -> bool:
         """Append RUN_ORPHANED unless the run already ended; True if this call appended it."""
         last = await self._log.last_raw(run_id)
-        if last is None:  # nothing written yet, or expired: nothing to end or persist
-            await self._log.unregister_live(run_id)
-            return False
+        if last is None:  # nothing written yet (queued, or died at once), or expired
+            return await self._end_unstarted(run_id, node, why)
         event = decode_event(last[1])
         if event.type in TERMINAL_EVENT_TYPES:
             await self._settle(run_id, event.seq)
@@ -159,8 +179,44 @@ class Janitor:
             self._on_orphan(run_id)
         return True
 
+    async def _end_unstarted(self, run_id: str, node: str, why: str) -> bool:
+        """A registered run with no stream: if its metadata says it was accepted and has not
+        ended, write its start and RUN_ORPHANED; else (expired, or no metadata) just drop
+        it from the registry."""
+        meta = await self._log.get_meta(run_id)
+        needed = ("thread_id", "turn_id", "model_id", "provider_id")
+        if meta.get("status") in TERMINAL_STATUSES or not all(meta.get(k) for k in needed):
+            if self._on_settle is not None:
+                await self._on_settle(run_id)
+            await self._log.unregister_live(run_id)
+            return False
+        now = self._clock.now_ms()
+        factory = EventFactory(run_id, new_traceparent(), self._clock.now_ms)
+        created = meta.get("created_at", "")
+        start = factory.make(ResponseStart(
+            response_id=run_id, turn_id=meta["turn_id"], thread_id=meta["thread_id"],
+            model_id=meta["model_id"], provider_id=meta["provider_id"],
+            created_at=int(created) if created.isdigit() else now))
+        ending = factory.make(ResponseErrorPayload(
+            response_id=run_id,
+            error=ErrorInfo(code=RUN_ORPHANED, message=f"run orphaned: {why}")))
+        result = await self._log.end_unstarted(run_id, start=encode_event(start),
+                                               event=encode_event(ending), owner=node,
+                                               by=self.node_id)
+        if result.outcome != "appended":
+            log.info("janitor: unstarted run %s not ended here (%s)", run_id, result.outcome)
+            self.lost += 1
+            return False
+        await self._settle(run_id, ending.seq)
+        log.warning("janitor: ended orphaned run %s before its start (%s)", run_id, why)
+        if self._on_orphan is not None:
+            self._on_orphan(run_id)
+        return True
+
     async def _settle(self, run_id: str, seq: int) -> None:
         """An ended run: checkpoint its last seq (the projector persists the ending; twice is
-        harmless) and take it off the registry."""
+        harmless), release it on its thread, and take it off the registry."""
         await self._log.append(run_id, [], seq)
+        if self._on_settle is not None:
+            await self._on_settle(run_id)
         await self._log.unregister_live(run_id)

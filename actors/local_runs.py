@@ -88,14 +88,20 @@ class LocalRuns:
         self.actors.pop(run_id, None)
 
     def start(self, actor: RunActor,
-              on_end: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Run ``actor``; ``on_end`` (shielded: it must bound itself) once it is gone."""
+              on_end: Callable[[], Awaitable[None]] | None = None,
+              before: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run ``actor``; ``before`` first (a queued run's wait for its turn,
+        ``actors/thread_policies.py``; it must not raise), ``on_end`` (shielded: it must
+        bound itself) once it is gone."""
         self.stats.runs_started += 1
-        self._nursery.start_soon(self._run, actor, on_end)
+        self._nursery.start_soon(self._run, actor, on_end, before)
 
     async def _run(self, actor: RunActor,
-                   on_end: Callable[[], Awaitable[None]] | None = None) -> None:
+                   on_end: Callable[[], Awaitable[None]] | None = None,
+                   before: Callable[[], Awaitable[None]] | None = None) -> None:
         try:
+            if before is not None:
+                await before()
             await actor.run()
         finally:
             snap = actor.snapshot()
@@ -111,5 +117,6 @@ class LocalRuns:
         return [r for r in self.recent.responses.values() if r.thread_id == thread_id]
 
     def live_on(self, thread_id: str) -> list[Response]:
-        return [snap for actor in self if actor.spec.thread_id == thread_id
-                and (snap := actor.snapshot()) is not None]
+        """This process's runs on the thread as they are now (``queued`` before they start)."""
+        return [actor.snapshot() or actor.queued() for actor in self
+                if actor.spec.thread_id == thread_id]

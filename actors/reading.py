@@ -3,15 +3,18 @@
 A run's Response is, freshest first: the snapshot of its actor when it runs here; the store's
 row once that is terminal; a replay of its stream from Redis (a run live on another node, or
 ended but not yet persisted); a non-terminal store row (the stream has expired); and for a run
-accepted (here, or on another node: its metadata) whose actor has not written
-``response_start`` yet, a ``queued`` Response. A run found nowhere is ``404 NOT_FOUND``. Every
-node answers the same: all but the first come from Redis and the store, which they share.
+accepted here whose actor has not written ``response_start`` yet, a ``queued`` Response (for a
+run accepted on another node, from its metadata in Redis: a turn queued behind another on its
+thread, or not started yet). A run found nowhere is ``404 NOT_FOUND``. Every node answers the
+same: all but the first come from Redis and the store, which they share.
 
 Its events come through a :class:`~actors.reader.RunReader` after the client's cursor. A cursor
 already at or past the terminal event gets no reader (the route answers ``204``); a run whose
 stream has expired while its Response is stored is ``410 STREAM_EXPIRED``; a run with neither
-is ``404``. A run whose actor is on another node is read live through this node's multiplexed
-tail (actors/node_tail.py), not a blocking read per client.
+is ``404``, unless its metadata says it was accepted and has not ended (a queued run on any
+node): its reader then waits for the first event.
+A run whose actor is on another node is read live through this node's multiplexed tail
+(actors/node_tail.py), not a blocking read per client.
 """
 
 from __future__ import annotations
@@ -109,28 +112,28 @@ class ReadingService:
         if stored is not None:
             return stored
         if actor is not None:  # accepted, its actor not yet past response_start
-            spec, now = actor.spec, self._clock.now_ms()
-            return Response(id=run_id, turn_id=spec.turn_id, thread_id=spec.thread_id,
-                            agent_id=spec.agent_id, model_id=spec.model_id,
-                            provider_id=spec.provider_id, created_at=now, updated_at=now,
-                            status="queued")
-        queued = await self._queued_elsewhere(run_id)
-        if queued is not None:
-            return queued
+            return actor.queued()
+        meta = await self._accepted_meta(run_id)  # -- policies: a run queued on any node
+        if meta is not None and meta.get("status") in TERMINAL_STATUSES:
+            # it ended between the reads above (the janitor ends an unstarted run with its
+            # start): its stream has it now
+            rebuilt = await self.rebuild(run_id)
+            if rebuilt is not None:
+                return rebuilt
+        elif meta is not None:
+            created = int(meta["created_at"]) if meta.get("created_at", "").isdigit() \
+                else self._clock.now_ms()
+            return Response(id=run_id, turn_id=meta["turn_id"], thread_id=meta["thread_id"],
+                            model_id=meta["model_id"], provider_id=meta["provider_id"],
+                            created_at=created, updated_at=created, status="queued")
         raise NotFound(f"no run {run_id}", details={"run_id": run_id})
 
-    async def _queued_elsewhere(self, run_id: str) -> Response | None:
-        """A run accepted by another node whose actor has not written ``response_start``
-        yet: ``queued``, from the metadata that node wrote before answering its 202."""
+    async def _accepted_meta(self, run_id: str) -> dict[str, str] | None:
+        """The metadata of a run accepted by a submit (on any node), or ``None``."""
         meta = await self._log.get_meta(run_id)
-        if not all(meta.get(f) for f in ("thread_id", "turn_id", "model_id", "provider_id")):
+        if not all(meta.get(k) for k in ("thread_id", "turn_id", "model_id", "provider_id")):
             return None
-        now = self._clock.now_ms()
-        created = int(meta["created_at"]) if meta.get("created_at", "").isdigit() else now
-        return Response(id=run_id, turn_id=meta["turn_id"], thread_id=meta["thread_id"],
-                        agent_id=meta.get("agent_id") or None, model_id=meta["model_id"],
-                        provider_id=meta["provider_id"], created_at=created, updated_at=now,
-                        status="queued")
+        return meta
 
     async def rebuild(self, run_id: str) -> Response | None:
         """The Response replayed from the run's stream (it can always be rebuilt)."""
@@ -160,9 +163,9 @@ class ReadingService:
         if actor is None or actor.fanout.closed:
             last = await self._log.last_entry(run_id)
             if last is None:
-                # started here or on another node (its metadata comes before the 202),
-                # nothing written yet
-                if actor is not None or await self._log.run_exists(run_id):
+                if actor is not None or await self._accepted_meta(run_id) is not None:
+                    # started or queued (here or on another node), nothing written yet (or
+                    # its ending just was: the reader replays it)
                     return RunReader(self._log, run_id, cursor, find_fanout,
                                      subscribe_remote=remote)
                 if await self._store.get_response(run_id, tenant=tenant) is not None:

@@ -34,7 +34,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -105,23 +105,15 @@ class RunLog(Protocol):
     async def set_status(self, run_id: str, status: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class RunSpec:
-    run_id: str
-    thread_id: str
-    turn_id: str
-    agent_id: str | None
-    provider_id: str
-    model_id: str
-    prompt: str
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSpec(TurnSpec):
+    """The turn (``TurnSpec``, the machine's input) plus what only the driver needs: how to
+    ask the provider. A subclass, so the turn's fields are written once."""
+
     settings: RequestSettings
-    history: tuple[OutputItem, ...]
-    """Earlier turns of the thread, in order, as the provider must see them again."""
 
     def turn(self) -> TurnSpec:
-        return TurnSpec(run_id=self.run_id, thread_id=self.thread_id, turn_id=self.turn_id,
-                        agent_id=self.agent_id, provider_id=self.provider_id,
-                        model_id=self.model_id, prompt=self.prompt, history=self.history)
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +198,9 @@ class RunActor:
         self._tools = tools
         self._limits = limits
         self._rng = rng or random.Random()
-        self.machine = TurnMachine(spec.turn(), traceparent=new_traceparent(),
-                                   now_ms=clock.now_ms,
-                                   limits=TurnLimits(max_iterations=limits.max_iterations,
-                                                     coalesce_max_chars=limits.coalesce_max_chars))
+        self._clock = clock
+        self.accepted_at_ms = clock.now_ms()
+        self.machine = self._new_machine()
         self.fanout = Fanout(subscriber_buffer)
         self._work: trio.CancelScope | None = None  # the provider reader or the tools
         self._cancel_reason: str | None = None
@@ -217,8 +208,29 @@ class RunActor:
         self._cancel_requested = trio.Event()
         self._ending_deadline = math.inf
         self.finished = trio.Event()
+        self._ran = False
+
+    def _new_machine(self) -> TurnMachine:
+        limits = self._limits
+        return TurnMachine(self.spec.turn(), traceparent=new_traceparent(),
+                           now_ms=self._clock.now_ms,
+                           limits=TurnLimits(max_iterations=limits.max_iterations,
+                                             coalesce_max_chars=limits.coalesce_max_chars))
 
     # ------------------------------------------------------------------ public face
+
+    @property
+    def cancel_requested(self) -> trio.Event:
+        """Set by the first :meth:`cancel` (a queued run waits for its turn or this)."""
+        return self._cancel_requested
+
+    def replace_history(self, history: tuple[OutputItem, ...]) -> None:
+        """Before :meth:`run` only: a queued turn learns its history when its turn comes
+        (``actors/thread_policies.py``)."""
+        if self._ran:
+            raise RuntimeError(f"run {self.run_id} has started: its history is fixed")
+        self.spec = replace(self.spec, history=history)
+        self.machine = self._new_machine()
 
     @property
     def run_id(self) -> str:
@@ -232,6 +244,15 @@ class RunActor:
     def snapshot(self) -> Response | None:
         return self.machine.snapshot()
 
+    def queued(self) -> Response:
+        """The run as it reads before its ``response_start`` is stored: ``queued`` (waiting
+        for its thread, or just accepted)."""
+        spec = self.spec
+        return Response(id=spec.run_id, turn_id=spec.turn_id, thread_id=spec.thread_id,
+                        agent_id=spec.agent_id, model_id=spec.model_id,
+                        provider_id=spec.provider_id, created_at=self.accepted_at_ms,
+                        updated_at=self.accepted_at_ms, status="queued")
+
     def cancel(self, reason: str = "cancelled by user") -> None:
         """Idempotent; ends the turn ``aborted`` unless its ending is already decided."""
         if self.machine.ending or self._cancel_reason is not None:
@@ -242,6 +263,7 @@ class RunActor:
             self._work.cancel()
 
     async def run(self) -> None:
+        self._ran = True
         try:
             ending = await self._drive(self.machine.start(), until_ending=True)
             if not ending and not self.machine.finished:  # never: the machine always ends

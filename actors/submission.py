@@ -5,23 +5,32 @@ It owns the policy of a submit, in this order: nothing is accepted while drainin
 (``UNKNOWN_PROVIDER``, ``INVALID_MODEL``) and the provider must be configured
 (``PROVIDER_NOT_CONFIGURED``); the requested tools must be enabled on this server; a client's
 ``run_id`` must be new (``409 CONFLICT``). Then it gathers the thread's history, wires the
-actor (provider, tools, limits, the log it writes through), records the run's metadata and
-starts it in the runs nursery.
+actor (provider, tools, limits, the log it writes through), records the run's metadata, asks
+the thread policies whether it may start (``actors/thread_policies.py``: start, ``409
+THREAD_BUSY``, or queued behind the running turn, interrupting it for ``interrupt``) and
+starts it in the runs nursery (a queued one first waits there for its turn; it holds its
+admission slot while it waits).
+
+With an ``Idempotency-Key`` (:meth:`SubmissionService.submit_idempotent`) a submit happens at
+most once per key and body (``actors/idempotency.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import trio
 
 from actors.admission import Admission
+from actors.idempotency import IdempotencyRecords
 from actors.local_runs import LocalRuns, freshest
 from actors.node_tail import NodeTail
 from actors.providers.provider import ModelProvider
 from actors.providers.settings import RequestSettings
 from actors.reading import ReadingService
 from actors.run_actor import RunActor, RunLimits, RunSpec
+from actors.thread_policies import ThreadPolicies
 from actors.tools import ExecPolicy, ToolRunner
 from runtime.clock import WallClock
 from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
@@ -30,14 +39,16 @@ from runtime.errors import (
     InvalidModel,
     Overloaded,
     ProviderNotConfigured,
+    ThreadBusy,
     UnknownProvider,
     ValidationFailed,
 )
 from runtime.eventlog import EventLog
 from runtime.group_commit import GroupCommitter
 from runtime.ids import new_uuid
-from runtime.schema import OutputItem, Response
+from runtime.schema import TERMINAL_STATUSES, OutputItem, Response
 from runtime.store import DEFAULT_TENANT, Store
+from runtime.thread_policy import history_items
 from runtime.turns import TurnAccepted, TurnRequest
 
 PROVIDERS = ("openai", "anthropic")
@@ -49,15 +60,21 @@ CANCEL_WAIT_S = 30.0
 class ActorLog:
     """What a run actor writes through: appends group-committed, status direct."""
 
-    def __init__(self, committer: GroupCommitter, event_log: EventLog) -> None:
+    def __init__(self, committer: GroupCommitter, event_log: EventLog,
+                 on_end: Callable[[str], Awaitable[None]] | None = None) -> None:
         self._committer = committer
         self._log = event_log
+        self._on_end = on_end
+        """Called before a terminal status is recorded (the thread release): if it fails,
+        the run stays registered live and the janitor settles it."""
 
     async def append(self, run_id: str, events: Sequence[bytes],
                      checkpoint_seq: int | None = None) -> list[str]:
         return await self._committer.append(run_id, events, checkpoint_seq)
 
     async def set_status(self, run_id: str, status: str) -> None:
+        if self._on_end is not None and status in TERMINAL_STATUSES:
+            await self._on_end(run_id)
         await self._log.set_status(run_id, status)
 
 
@@ -65,6 +82,7 @@ class SubmissionService:
     def __init__(self, config: RuntimeConfig, *, runs: LocalRuns, log_: EventLog,
                  store: Store, providers: dict[str, ModelProvider], clock: WallClock,
                  node_id: str, actor_log: ActorLog, reading: ReadingService,
+                 policies: ThreadPolicies, idempotency: IdempotencyRecords,
                  admission: Admission | None = None,
                  node_tail: NodeTail | None = None) -> None:
         self._config = config
@@ -76,6 +94,8 @@ class SubmissionService:
         self._node_id = node_id
         self._actor_log = actor_log
         self._reading = reading
+        self._policies = policies
+        self._idempotency = idempotency
         self._admission = admission or Admission(config, log_=log_, runs=runs, clock=clock)
         self._node_tail = node_tail
 
@@ -133,21 +153,46 @@ class SubmissionService:
                 await self._store.response_tenant(run_id) is not None:
             raise Conflict(f"run {run_id} already exists", details={"field": "run_id"})
 
-    async def history(self, thread_id: str, *, tenant: str = DEFAULT_TENANT
-                      ) -> list[OutputItem]:
-        """Earlier finished turns of a thread, as the provider must see them again: the
-        complete ones, in order, without their error and cancellation items."""
+    async def history(self, thread_id: str, *, tenant: str = DEFAULT_TENANT,
+                      ended: Sequence[str] = ()) -> list[OutputItem]:
+        """Earlier finished turns of a thread, as the provider must see them again
+        (``runtime.thread_policy.history_items``: complete turns, and the finished part of
+        interrupted ones). ``ended``: runs that just ended on the thread, maybe on another
+        node and not stored yet; each is taken from here or rebuilt from its stream."""
         stored = await self._store.list_thread_responses(thread_id, tenant=tenant)
-        responses: list[Response] = freshest(stored, self._runs.recent_on(thread_id))
-        return [i for r in responses if r.status == "complete"
-                for i in r.output_items if i.type not in ("error", "cancelled")]
+        fresher = [*self._runs.recent_on(thread_id),
+                   *(r for r in self._runs.live_on(thread_id) if r.status in TERMINAL_STATUSES)]
+        known = {r.id for r in (*stored, *fresher) if r.status in TERMINAL_STATUSES}
+        for run_id in ended:
+            if run_id not in known and (rebuilt := await self._reading.rebuild(run_id)) \
+                    and rebuilt.thread_id == thread_id:
+                fresher.append(rebuilt)
+        responses: list[Response] = freshest(stored, fresher)
+        return history_items(responses)
 
     # ------------------------------------------------------------------ submit and cancel
+
+    async def submit_idempotent(self, req: TurnRequest, key: str | None, *,
+                                tenant: str = DEFAULT_TENANT) -> tuple[TurnAccepted, bool]:
+        """:meth:`submit`, at most once per ``Idempotency-Key`` and body (``key`` None: just
+        submit): the response, and whether it replays an earlier submit's.
+
+        Raises:
+            IdempotencyMismatch: the key was used for another body.
+            IdempotencyInProgress: the key's first submit is still under way.
+            ...: whatever :meth:`submit` raises.
+        """
+        if key is None:
+            return await self.submit(req, tenant=tenant), False
+        self._runs.check_accepting()
+        return await self._idempotency.submit_once(
+            req, key, tenant=tenant, submit=partial(self.submit, tenant=tenant))
 
     async def submit(self, req: TurnRequest, *, tenant: str = DEFAULT_TENANT) -> TurnAccepted:
         """Raises (besides the policy errors above):
             NotFound: ``thread_id`` is another tenant's.
             Overloaded: a node or tenant admission limit is reached (actors/admission.py).
+            ThreadBusy: ``multitask_strategy`` reject, and the thread has a turn running.
         """
         self._runs.check_accepting()
         self._admission.check_node()
@@ -192,17 +237,52 @@ class SubmissionService:
             meta: dict[str, str | int] = {
                 "thread_id": thread_id, "turn_id": turn_id, "status": "in_progress",
                 "node": self._node_id, "provider_id": provider_id, "model_id": model_id,
-                "created_at": self._clock.now_ms(), "tenant": tenant}
+                "tenant": tenant, "created_at": self._clock.now_ms()}
             if req.agent_id:
                 meta["agent_id"] = req.agent_id
             await self._log.put_meta(run_id, meta)
+            policy = await self._policies.admit(
+                run_id, thread_id, req.multitask_strategy or cfg.multitask_strategy)
         except BaseException:
             self._runs.release(run_id)
             await self._admission.release(run_id)
             raise
-        self._runs.start(actor, on_end=lambda: self._admission.release(run_id))
+        if policy.decision == "busy":
+            # its trace goes first: while it is registered and not local, a janitor would
+            # end it as an orphan
+            try:
+                await self._policies.forget_refused(run_id)
+            finally:
+                self._runs.release(run_id)
+                await self._admission.release(run_id)
+            running = [r for r, _ in policy.running]
+            raise ThreadBusy(f"thread {thread_id} has a turn running ({', '.join(running)}); "
+                             f"send it later, or with multitask_strategy enqueue or interrupt",
+                             details={"field": "thread_id", "running": running})
+        before = None
+        if policy.waits:
+            try:
+                await self._log.set_status(run_id, "queued")
+                await self._policies.interrupt(policy.running)
+            except BaseException:
+                try:
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await self._policies.abandon(run_id)
+                        await self._policies.forget_refused(run_id)
+                finally:
+                    self._runs.release(run_id)
+                    await self._admission.release(run_id)
+                raise
+            load = partial(self._queued_history, tenant=tenant)
+            before = partial(self._policies.wait_turn, actor, load)
+        self._runs.start(actor, on_end=lambda: self._admission.release(run_id), before=before)
         return TurnAccepted(run_id=run_id, thread_id=thread_id, turn_id=turn_id,
-                            events_url=f"/api/v2/runs/{run_id}/events")
+                            events_url=f"/api/v2/runs/{run_id}/events",
+                            status="queued" if policy.waits else "in_progress")
+
+    async def _queued_history(self, thread_id: str, ended: Sequence[str], *,
+                              tenant: str = DEFAULT_TENANT) -> tuple[OutputItem, ...]:
+        return tuple(await self.history(thread_id, tenant=tenant, ended=ended))
 
     async def cancel(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> Response:
         """Idempotent: a live run ends ``aborted`` (waited for, up to :data:`CANCEL_WAIT_S`);

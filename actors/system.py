@@ -35,6 +35,7 @@ import trio
 
 from actors.admission import Admission
 from actors.datadir import events_secret, secure_data_dir
+from actors.idempotency import IdempotencyRecords
 from actors.janitor import Janitor
 from actors.lifecycle import Lifecycle
 from actors.local_runs import LocalRuns
@@ -46,6 +47,7 @@ from actors.providers.provider import ModelProvider
 from actors.providers.replay import ReplayProvider
 from actors.reading import ReadingService
 from actors.submission import ActorLog, SubmissionService
+from actors.thread_policies import ThreadPolicies
 from actors.threads import ThreadService
 from actors.tools import hide_process_from_commands
 from runtime.auth import Security
@@ -146,12 +148,20 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                                       block_ms=config.projector_block_ms,
                                       retention_s=config.retention_s,
                                       linger_s=config.projector_linger_ms / 1000)
+            # -- policies: thread policies and idempotent submits (their state is in Redis)
+            policies = ThreadPolicies(writer, event_log.keys, node_id=node_id,
+                                      find_actor=runs.get, poll_ms=config.thread_poll_ms,
+                                      ended_ttl_s=config.retention_s)
+            idempotency = IdempotencyRecords(writer, event_log.keys,
+                                             ttl_s=config.idempotency_ttl_s)
             runtime = CodyRuntime(
                 config=config,
                 submission=SubmissionService(
                     config, runs=runs, log_=event_log, store=store, providers=providers,
-                    clock=clock, node_id=node_id, actor_log=ActorLog(committer, event_log),
-                    reading=reading, admission=admission, node_tail=node_tail),
+                    clock=clock, node_id=node_id,
+                    actor_log=ActorLog(committer, event_log, on_end=policies.release),
+                    reading=reading, admission=admission, policies=policies,
+                    idempotency=idempotency, node_tail=node_tail),
                 reading=reading,
                 threads=ThreadService(runs=runs, store=store),
                 lifecycle=Lifecycle(runs=runs, log_=event_log, store=store),
@@ -164,8 +174,10 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                 children.append(ChildSpec("projector", projector.run, RestartPolicy.PERMANENT))
             janitor = Janitor(event_log, node_id=node_id, local_runs=runs.actors, clock=clock,
                               lease_ttl_s=config.lease_ttl_s,
-                              interval_s=config.janitor_interval_s)
+                              interval_s=config.janitor_interval_s,
+                              on_settle=policies.release_ended)
             children.append(ChildSpec("janitor", janitor.run, RestartPolicy.PERMANENT))
+            children.append(ChildSpec("thread-policies", policies.run, RestartPolicy.PERMANENT))
             if config.max_tenant_runs:
                 children.append(ChildSpec("admission", admission.run, RestartPolicy.PERMANENT))
             if workers is not None:

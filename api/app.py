@@ -34,6 +34,8 @@ from api.errors import from_cody, from_http, from_unexpected
 from api.models import ThreadCreate, ThreadPatch
 from api.openapi import openapi_document
 from runtime.errors import CodyError, ValidationFailed
+from runtime.idempotency import HEADER as IDEMPOTENCY_HEADER
+from runtime.idempotency import check_key as check_idempotency_key
 from runtime.ids import canonical_uuid
 from runtime.sse import KEEP_ALIVE, STREAM_OPEN
 from runtime.turns import TurnRequest
@@ -83,12 +85,15 @@ def create_app(services: Services) -> QuartTrio:
 
     async def submit() -> Response:
         tenant = current_tenant()
+        # -- policies: Idempotency-Key (runtime/idempotency.py): a replay answers 200, with
+        # the original response (its events_url signed afresh)
+        key = check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
         body: TurnRequest = await _body(TurnRequest)
-        accepted = await submission.submit(body, tenant=tenant)
+        accepted, replayed = await submission.submit_idempotent(body, key, tenant=tenant)
         if security.enabled:
             accepted = accepted.model_copy(
                 update={"events_url": events_url(security, accepted.run_id, tenant)})
-        return _model_json(accepted, 202)
+        return _model_json(accepted, 200 if replayed else 202)
 
     app.add_url_rule("/api/v2/runs", "submit", submit, methods=["POST"])
     app.add_url_rule("/api/v2/submit", "submit_alias", submit, methods=["POST"])

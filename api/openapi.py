@@ -31,6 +31,7 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Validation error (names the field)", 404: "Not found", 410: "Stream expired",
             413: "Payload too large", 409: "Conflict",
+            422: "IDEMPOTENCY_MISMATCH: the Idempotency-Key was used for another body",
             401: "Missing or invalid bearer token (WWW-Authenticate: Bearer realm=\"cody\")",
             403: "A state-changing request from an origin not in CODY_CORS_ORIGINS",
             415: "The body is not application/json",
@@ -51,13 +52,36 @@ def openapi_document() -> dict[str, Any]:
               "schema": {"type": "string", "format": "uuid"}}
     thread_id = {"name": "thread_id", "in": "path", "required": True,
                  "schema": {"type": "string", "format": "uuid"}}
-    submit = {
+    # -- policies: Idempotency-Key, multitask_strategy (in TurnRequest), THREAD_BUSY
+    idempotency_key = {
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "description": "Makes the submit safe to retry: the same key and body within "
+                       "CODY_IDEMPOTENCY_TTL_S (24 h) answer 200 with the original response "
+                       "(same run_id); another body answers 422 IDEMPOTENCY_MISMATCH. Per "
+                       "tenant. 1-255 printable ASCII characters, no spaces.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                   "pattern": "^[\\x21-\\x7e]+$"}}
+    submit: dict[str, Any] = {
         "summary": "Submit a turn",
+        "description": "multitask_strategy says what a turn sent to a busy thread does: "
+                       "parallel (start now), reject (409 THREAD_BUSY), enqueue (202, status "
+                       "queued: starts when the running turn ends), interrupt (the running "
+                       "turn ends aborted, then this one starts); default "
+                       "CODY_MULTITASK_STRATEGY (parallel).",
+        "parameters": [idempotency_key],
         "requestBody": {"required": True, "content": _json_content(_ref("TurnRequest"))},
-        "responses": {"202": {"description": "Accepted",
+        "responses": {"202": {"description": "Accepted (status in_progress, or queued)",
                               "content": _json_content(_ref("TurnAccepted"))},
-                      **_errors(400, 404, 409, 413, 503)},
+                      "200": {"description": "A replay: this Idempotency-Key and body were "
+                                             "accepted before; the original response",
+                              "content": _json_content(_ref("TurnAccepted"))},
+                      **_errors(400, 404, 409, 413, 422, 503)},
     }
+    submit["responses"]["409"] = {
+        "description": "CONFLICT (run_id exists), THREAD_BUSY (multitask_strategy reject, the "
+                       "thread has a turn running), or IDEMPOTENCY_IN_PROGRESS (the key's "
+                       "first submit is still running; Retry-After)",
+        "content": _json_content(_ref("ErrorBody"))}
     # -- security: who may call what (the descriptions above; README, Security)
     open_routes = {"/api/v2/health", "/api/v2/ready"}
     paths: dict[str, Any] = {

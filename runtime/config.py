@@ -160,6 +160,16 @@ class RuntimeConfig(BaseModel):
     exec_max_file_mb: int = 1024
     exec_max_open_files: int = 1024
 
+    # -- policies (idempotent submits, thread policies: runtime/idempotency.py,
+    # runtime/thread_policy.py)
+    idempotency_ttl_s: int = Field(default=86_400, ge=1)
+    """An accepted submit's response is kept under its ``Idempotency-Key`` this long."""
+    multitask_strategy: Literal["parallel", "reject", "enqueue", "interrupt"] = "parallel"
+    """What a turn sent to a thread with one running does, when its submit does not say."""
+    thread_poll_ms: int = Field(default=100, ge=5)
+    """How often a node looks in Redis for its queued runs' turn and for interrupts of its
+    runs sent by other nodes (a run queued behind one on the same node starts at once)."""
+
     # -- security (README, Security)
     api_keys: tuple[tuple[str, str], ...] = Field(default=(), repr=False)
     """``(tenant, token)`` pairs from CODY_API_KEYS / CODY_API_KEYS_FILE; empty: no auth,
@@ -224,6 +234,11 @@ class RuntimeConfig(BaseModel):
         # -- scale-out
         put("workers", "CODY_WORKERS", int)
         put("tail_poll_ms", "CODY_TAIL_POLL_MS", int)
+
+        # -- policies
+        put("idempotency_ttl_s", "CODY_IDEMPOTENCY_TTL_S", int)
+        put("multitask_strategy", "CODY_MULTITASK_STRATEGY")
+        put("thread_poll_ms", "CODY_THREAD_POLL_MS", int)
         put("store_path", "CODY_STORE_PATH", Path)
         put("store_url", "CODY_STORE_URL")
         store_scheme = str(values.get("store_url", "sqlite:")).split(":", 1)[0].lower()

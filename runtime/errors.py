@@ -16,6 +16,9 @@ so the rest of the code sees only these::
     ├── Conflict                  409 CONFLICT                client
     ├── StreamExpired             410 STREAM_EXPIRED          client
     ├── PayloadTooLarge           413 PAYLOAD_TOO_LARGE       client
+    ├── IdempotencyMismatch       422 IDEMPOTENCY_MISMATCH    client (key reused, other body)
+    ├── IdempotencyInProgress     409 IDEMPOTENCY_IN_PROGRESS client (its first submit runs)
+    ├── ThreadBusy                409 THREAD_BUSY             client (multitask_strategy reject)
     ├── UnsupportedMediaType      415 UNSUPPORTED_MEDIA_TYPE  client
     ├── HttpError                 4xx HTTP_ERROR              client (other HTTP refusals)
     ├── Unauthorized              401 UNAUTHORIZED            client (no or a wrong token)
@@ -187,6 +190,34 @@ class HttpError(CodyError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+# -- policies
+
+
+class IdempotencyMismatch(CodyError):
+    """An ``Idempotency-Key`` already names a submit of another body."""
+
+    code = "IDEMPOTENCY_MISMATCH"
+    status = 422
+    kind = ErrorKind.CLIENT
+
+
+class IdempotencyInProgress(CodyError):
+    """The first submit with this key and body is still under way: retry in a moment."""
+
+    code = "IDEMPOTENCY_IN_PROGRESS"
+    status = 409
+    kind = ErrorKind.CLIENT
+    retry_after_s = 1
+
+
+class ThreadBusy(CodyError):
+    """``multitask_strategy`` ``reject``: the thread has a turn running (or queued)."""
+
+    code = "THREAD_BUSY"
+    status = 409
+    kind = ErrorKind.CLIENT
 
 
 # -- security

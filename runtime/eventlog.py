@@ -113,6 +113,24 @@ redis.call('HSET', KEYS[2], 'status', 'error', 'ended_by', ARGV[4])
 return {'appended', id}
 """
 
+# -- policies: the janitor's ending of a run that never wrote an event (queued, or its node
+# died before its start), atomic on its keys. KEYS: events stream, meta hash. ARGV: the node
+# the run should belong to, the node ending it, the encoded response_start, the encoded
+# response_error, then every terminal status.
+END_UNSTARTED_LUA = """
+if redis.call('XLEN', KEYS[1]) > 0 then return {'moved', ''} end
+local meta = redis.call('HMGET', KEYS[2], 'status', 'node')
+if not meta[1] then return {'gone', ''} end
+for i = 5, #ARGV do
+  if meta[1] == ARGV[i] then return {'ended', ''} end
+end
+if meta[2] and meta[2] ~= ARGV[1] then return {'owner', meta[2]} end
+redis.call('XADD', KEYS[1], '*', 'event', ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[4])
+redis.call('HSET', KEYS[2], 'status', 'error', 'ended_by', ARGV[2])
+return {'appended', id}
+"""
+
 # Delete a stream only if its last entry is still the one the caller has seen (nothing was
 # added since): the end of a migration out of a legacy key.
 DELETE_IF_LAST_LUA = """
@@ -268,6 +286,7 @@ class EventLog:
         self._shard_of_key = {key: i for i, key in enumerate(keys.persist_streams)}
         self._end_orphan = writer.register_script(END_ORPHAN_LUA)
         self._delete_if_last = writer.register_script(DELETE_IF_LAST_LUA)
+        self._end_unstarted = writer.register_script(END_UNSTARTED_LUA)
         self._tenant_acquire = writer.register_script(TENANT_ACQUIRE_LUA)
 
     def _block(self, block_ms: int) -> int | None:
@@ -480,6 +499,21 @@ class EventLog:
         outcome, detail = _s(reply[0]), _s(reply[1])
         if outcome not in ("appended", "ended", "moved", "gone", "owner"):
             raise AssertionError(f"end_orphan script replied {reply!r}")
+        return OrphanEnding(outcome, detail or None)  # type: ignore[arg-type]
+
+    async def end_unstarted(self, run_id: str, *, start: bytes, event: bytes, owner: str,
+                            by: str) -> OrphanEnding:
+        """Append ``start`` (its ``response_start``) and ``event`` (``response_error``
+        RUN_ORPHANED) to a run that has no event yet, and mark it ended - only if its stream
+        is still empty, its metadata does not say it ended and it is registered to ``owner``
+        (one Lua script on the run's keys, like :meth:`end_orphan`)."""
+        with map_redis_errors():
+            reply: Any = await self._end_unstarted(
+                keys=[self.keys.run_events(run_id), self.keys.run_meta(run_id)],
+                args=[owner, by, start, event, *sorted(TERMINAL_STATUSES)])
+        outcome, detail = _s(reply[0]), _s(reply[1])
+        if outcome not in ("appended", "ended", "moved", "gone", "owner"):
+            raise AssertionError(f"end_unstarted script replied {reply!r}")
         return OrphanEnding(outcome, detail or None)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ node leases, live runs

@@ -9,6 +9,13 @@ The layout (prefix ``cody``, ``N`` = :attr:`Keys.shards`, default 16)::
     cody:node:{<node_id>}:lease    string   a node's lease, with a TTL its janitor refreshes
     cody:node:{<node_id>}:control  stream   what other nodes tell this one (cancel a run, wake)
 
+    cody:node:{<node_id>}:interrupts list   runs of that node other nodes asked to interrupt
+    cody:thread:{<thread_id>}:runs     hash runs holding or waiting for the thread -> node
+    cody:thread:{<thread_id>}:running  set  its running turns
+    cody:thread:{<thread_id>}:queue    list its queued turns, next first
+    cody:thread:{<thread_id>}:ended    list the last turns that ended on it, newest first
+    cody:idem:{<sha256(tenant, key)>}  string an Idempotency-Key's record (JSON), with a TTL
+
 Braces are Redis Cluster hash tags: only the part inside them picks the slot. All of a run's
 keys share ``{<run_id>}``, so they live in one slot and a Lua script can check and write them
 atomically (the janitor's orphan ending). The node-wide queues are split into ``N`` shards,
@@ -32,6 +39,7 @@ shards are enumerated from ``N``.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass, field
 
@@ -107,6 +115,26 @@ class Keys:
         """A node's control stream: ``cancel`` requests from other nodes for runs it owns,
         and ``wake`` entries that end its multiplexed tail's blocking read early."""
         return f"{self.prefix}:node:{{{node_id}}}:control"
+
+    def node_interrupts(self, node_id: str) -> str:
+        """Runs of ``node_id`` that another node asks it to interrupt (a list of run ids)."""
+        return f"{self.prefix}:node:{{{node_id}}}:interrupts"
+
+    # -- policies: per thread (runtime/thread_policy.py), per idempotency key
+
+    def thread_keys(self, thread_id: str) -> tuple[str, str, str, str]:
+        """A thread's policy state, one slot (``{<thread_id>}``), so one Lua script decides:
+        ``runs`` (hash run -> node: running or queued), ``running`` (set), ``queue`` (list,
+        next first), ``ended`` (list of the last run ids that ended, newest first)."""
+        base = f"{self.prefix}:thread:{{{thread_id}}}"
+        return f"{base}:runs", f"{base}:running", f"{base}:queue", f"{base}:ended"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        """The record of one tenant's ``Idempotency-Key``. The client's key is hashed (with
+        the tenant), so whatever characters it holds never reach a key name, and the records
+        spread over the cluster's slots."""
+        digest = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()[:32]
+        return f"{self.prefix}:idem:{{{digest}}}"
 
     # -- security: admission
 

@@ -88,6 +88,10 @@ __all__ = ["Append", "Command", "Finished", "RunTools", "SendRequest", "ToolOutc
            "TurnLimits", "TurnMachine", "TurnSpec"]
 
 
+#: What the driver is told when it answers something the machine does not await.
+_NOT_AWAITED = {"provider": "no model request is in progress", "tools": "no tools are running"}
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -298,10 +302,8 @@ class TurnMachine:
 
     def receive_payloads(self, payloads: Iterable[Payload]) -> list[Command]:
         """Canonical payloads from the normaliser of the request in progress."""
-        if self._ending is not None or self._finished:
+        if not self._accepts("provider", "receive_payloads"):
             return []
-        if self._awaiting != "provider":
-            raise TurnProtocolError("receive_payloads: no model request is in progress")
         out = self._outbox
         for p in payloads:
             cls = p.__class__
@@ -330,10 +332,8 @@ class TurnMachine:
     def provider_ended(self) -> list[Command]:
         """The request's body is over (the normaliser has given its terminal payload, or its
         ``end_of_stream`` payloads have been fed)."""
-        if self._ending is not None or self._finished:
+        if not self._accepts("provider", "provider_ended"):
             return []
-        if self._awaiting != "provider":
-            raise TurnProtocolError("provider_ended: no model request is in progress")
         self._awaiting = None
         if self._request_usage is not None:
             self._usage = self._request_usage if self._usage is None else (
@@ -349,10 +349,8 @@ class TurnMachine:
 
     def tool_results(self, results: Sequence[ToolOutcome]) -> list[Command]:
         """One outcome per call of the last ``RunTools``, in its order."""
-        if self._ending is not None or self._finished:
+        if not self._accepts("tools", "tool_results"):
             return []
-        if self._awaiting != "tools":
-            raise TurnProtocolError("tool_results: no tools are running")
         calls = self._calls
         if len(results) != len(calls):
             raise TurnProtocolError(f"tool_results: {len(results)} results for "
@@ -478,6 +476,15 @@ class TurnMachine:
                                  finish_reason=None)]
         assert isinstance(ending, _Error)
         return [ending.payload]
+
+    def _accepts(self, awaiting: str, event: str) -> bool:
+        """Whether ``event``, the answer to what the machine awaits (``awaiting``), is taken:
+        not once the turn is ending (a late answer is ignored), and never unasked for."""
+        if self._ending is not None or self._finished:
+            return False
+        if self._awaiting != awaiting:
+            raise TurnProtocolError(f"{event}: {_NOT_AWAITED[awaiting]}")
+        return True
 
     def _advance(self) -> list[Command]:
         """The next command, if the machine is not waiting on one: stored first, then on."""

@@ -34,6 +34,13 @@ class TurnRequest(BaseModel):
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     thinking_budget: Annotated[int, Field(gt=0)] | None = None
     tools: list[str] | None = None
+    multitask_strategy: Literal["parallel", "reject", "enqueue", "interrupt"] | None = Field(
+        default=None, description="What this turn does if its thread has one running: "
+        "parallel (start now), reject (409 THREAD_BUSY), enqueue (queued; starts when the "
+        "running turn ends, with it as history), interrupt (the running turn ends aborted, "
+        "then this one starts); unset: the server's CODY_MULTITASK_STRATEGY")
+    """What this turn does if its thread has one running (runtime/thread_policy.py); unset:
+    the server's ``CODY_MULTITASK_STRATEGY``."""
 
     @field_validator("prompt")
     @classmethod
@@ -55,3 +62,8 @@ class TurnAccepted(BaseModel):
     thread_id: str
     turn_id: str
     events_url: str
+    status: Literal["in_progress", "queued"] = Field(
+        default="in_progress", description="queued: the turn waits for its thread "
+        "(multitask_strategy enqueue or interrupt)")
+    """``queued``: the turn waits for its thread (``multitask_strategy`` enqueue or
+    interrupt); it starts when the turns ahead of it have ended."""

@@ -85,6 +85,13 @@ class Recorded:
     body: dict[str, Any]
 
 
+def _text(content: Any) -> str:
+    """A user message's text: a string, or the text parts of a content list, joined."""
+    if isinstance(content, list):
+        return "".join(c.get("text", "") for c in content)
+    return str(content)
+
+
 def turn_position(provider: str, body: dict[str, Any]) -> tuple[str, int]:
     """The turn's prompt and how many tool rounds came after it in this request (``provider``
     is the API: ``openai``, ``anthropic`` or ``openai-chat``)."""
@@ -94,10 +101,7 @@ def turn_position(provider: str, body: dict[str, Any]) -> tuple[str, int]:
         for msg in body.get("messages", []):
             role = msg.get("role")
             if role == "user":
-                content = msg.get("content")
-                if isinstance(content, list):
-                    content = "".join(c.get("text", "") for c in content)
-                prompt, rounds = str(content), 0
+                prompt, rounds = _text(msg.get("content")), 0
             elif role == "tool" and previous != "tool":
                 rounds += 1  # parallel calls' outputs, side by side, are one round
             previous = role
@@ -107,10 +111,7 @@ def turn_position(provider: str, body: dict[str, Any]) -> tuple[str, int]:
         for item in body.get("input", []):
             kind = item.get("type", "message")
             if item.get("role") == "user" and kind == "message":
-                content = item.get("content")
-                if isinstance(content, list):
-                    content = "".join(c.get("text", "") for c in content)
-                prompt, rounds = str(content), 0
+                prompt, rounds = _text(item.get("content")), 0
             elif kind == "function_call_output" and previous != "function_call_output":
                 rounds += 1  # parallel calls' outputs, side by side, are one round
             previous = kind

@@ -31,7 +31,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from actors.providers.base import ToolSpec
+from actors.providers.base import ToolSpec, call_ids, wire_role
 from actors.providers.settings import RequestSettings
 from runtime.schema import (
     FunctionCallItem,
@@ -42,13 +42,7 @@ from runtime.schema import (
 )
 
 MIN_THINKING_BUDGET = 1024
-_ORIGIN_ROLE = {"user": "user", "agent": "assistant", "system": "system"}
-
-
-def _role(item: MessageItem) -> str:
-    if item.role in ("user", "assistant", "system"):
-        return item.role
-    return _ORIGIN_ROLE[item.origin]
+_ROLES = {role: role for role in ("user", "assistant", "system")}
 
 
 def _input(arguments: str) -> dict[str, Any]:
@@ -72,8 +66,7 @@ def _reasoning(item: ReasoningItem) -> dict[str, Any] | None:
 def build_anthropic_messages(items: Sequence[OutputItem]) -> tuple[list[dict[str, Any]],
                                                                       list[str]]:
     """The ``messages`` turns for a conversation, and the texts of its system messages."""
-    called = {i.call_id for i in items if isinstance(i, FunctionCallItem)}
-    answered = {i.call_id for i in items if isinstance(i, FunctionCallOutputItem)}
+    called, answered = call_ids(items)
     turns: list[dict[str, Any]] = []
     system: list[str] = []
 
@@ -87,7 +80,7 @@ def build_anthropic_messages(items: Sequence[OutputItem]) -> tuple[list[dict[str
         if isinstance(item, MessageItem):
             if not item.content.strip():
                 continue
-            role = _role(item)
+            role = wire_role(item, _ROLES)
             if role == "system":
                 system.append(item.content)
             else:

@@ -14,13 +14,23 @@ payloads for that one model request:
   STREAM_TRUNCATED). After it, ``finished`` is true and further bytes are ignored.
 
 It never raises on bad input: a malformed chunk becomes a ``ResponseErrorPayload``.
+
+The request builders (``*_request.py``) share the two rules every API has alike: which role a
+message goes back as, and that a call and its output go back together or not at all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from runtime.schema import Payload
+from runtime.schema import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    MessageItem,
+    OutputItem,
+    Payload,
+)
 
 
 class StreamNormaliser(Protocol):
@@ -51,3 +61,25 @@ class ToolSpec(Protocol):
     def parameters(self) -> dict[str, object]:
         """JSON Schema of the tool's arguments object."""
         ...
+
+
+# ---------------------------------------------------------------------- request bodies
+
+#: The role a message goes back to a provider as when it has no role of its own the API knows.
+ORIGIN_ROLE: Mapping[str, str] = {"user": "user", "agent": "assistant", "system": "system"}
+
+
+def wire_role(item: MessageItem, roles: Mapping[str, str]) -> str:
+    """The role ``item`` goes back to a provider as: its own role through ``roles`` (the roles
+    the API knows, each to what it sends), else the one its origin implies."""
+    if item.role is not None and item.role in roles:
+        return roles[item.role]
+    return ORIGIN_ROLE[item.origin]
+
+
+def call_ids(items: Sequence[OutputItem]) -> tuple[set[str], set[str]]:
+    """The ids of the calls in ``items`` and of the outputs: a call goes back only with its
+    output and an output only with its call, as the APIs reject either half alone."""
+    called = {i.call_id for i in items if isinstance(i, FunctionCallItem)}
+    answered = {i.call_id for i in items if isinstance(i, FunctionCallOutputItem)}
+    return called, answered

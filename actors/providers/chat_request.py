@@ -30,18 +30,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from actors.providers.base import ToolSpec
+from actors.providers.base import ToolSpec, wire_role
 from actors.providers.settings import RequestSettings
 from runtime.schema import FunctionCallItem, FunctionCallOutputItem, MessageItem, OutputItem
 
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
-_ORIGIN_ROLE = {"user": "user", "agent": "assistant", "system": "system"}
-
-
-def _role(item: MessageItem) -> str:
-    if item.role in _ROLES:
-        return _ROLES[item.role]
-    return _ORIGIN_ROLE[item.origin]
 
 
 def build_chat_messages(items: Sequence[OutputItem]) -> list[dict[str, Any]]:
@@ -78,7 +71,7 @@ def build_chat_messages(items: Sequence[OutputItem]) -> list[dict[str, Any]]:
 
     for n, item in enumerate(items):
         if isinstance(item, MessageItem):
-            role = _role(item)
+            role = wire_role(item, _ROLES)
             if role == "assistant":
                 texts.append(item.content)
                 continue

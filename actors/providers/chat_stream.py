@@ -77,7 +77,7 @@ from actors.providers.fastpath import scan as _scan
 from actors.providers.fastpath import scanstring as _scanstring
 from actors.providers.provider_errors import classify
 from actors.providers.sse_normaliser import SSENormaliser, Violation
-from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
+from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION
 from runtime.schema import (
     FunctionCallItem,
     ItemDone,
@@ -269,21 +269,11 @@ class ChatCompletionsNormaliser(SSENormaliser):
         if probe == expected:
             self._templates[kind] = (prefix, suffix)
 
-    def end_of_stream(self) -> list[Payload]:
-        out: list[Payload] = []
-        if self._finished:
-            return out
-        for message in self._decoder.close():
-            self._message(message, out)
-            if self._finished:
-                return out
+    def _body_ended(self, out: list[Payload]) -> None:
         if self._finish_reason is not None:  # a server that sends no [DONE]
             self._guarded(self._end, out)
         else:
-            self._fail(out, STREAM_TRUNCATED,
-                       f"{PROVIDER} stream: the response body ended before {self.ENDS_WITH}",
-                       {})
-        return out
+            super()._body_ended(out)
 
     def _message(self, message: SSEMessage, out: list[Payload]) -> None:
         data = message.data

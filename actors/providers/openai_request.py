@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from actors.providers.base import ToolSpec
+from actors.providers.base import ToolSpec, call_ids, wire_role
 from actors.providers.settings import RequestSettings
 from runtime.schema import (
     FunctionCallItem,
@@ -32,12 +32,11 @@ from runtime.schema import (
     ReasoningItem,
 )
 
-_ROLES = frozenset({"user", "assistant", "system", "developer"})
-_ORIGIN_ROLE = {"user": "user", "agent": "assistant", "system": "system"}
+_ROLES = {role: role for role in ("user", "assistant", "system", "developer")}
 
 
 def _message(item: MessageItem) -> dict[str, Any] | None:
-    role = item.role if item.role in _ROLES else _ORIGIN_ROLE[item.origin]
+    role = wire_role(item, _ROLES)
     if role == "assistant" and not item.content:
         return None
     return {"type": "message", "role": role, "content": item.content}
@@ -53,8 +52,7 @@ def _reasoning(item: ReasoningItem) -> dict[str, Any] | None:
 
 def build_openai_input(items: Sequence[OutputItem]) -> list[dict[str, Any]]:
     """The ``input`` list for a conversation, in order."""
-    called = {i.call_id for i in items if isinstance(i, FunctionCallItem)}
-    answered = {i.call_id for i in items if isinstance(i, FunctionCallOutputItem)}
+    called, answered = call_ids(items)
     out: list[dict[str, Any]] = []
     for item in items:
         entry: dict[str, Any] | None = None

@@ -63,10 +63,15 @@ class SSENormaliser:
             self._message(message, out)
             if self._finished:
                 return out
+        self._body_ended(out)
+        return out
+
+    def _body_ended(self, out: list[Payload]) -> None:
+        """The body ended and no message finished the stream: STREAM_TRUNCATED. A provider
+        whose servers may end a complete stream without its terminal event overrides this."""
         self._fail(out, STREAM_TRUNCATED,
                    f"{self.PROVIDER} stream: the response body ended before {self.ENDS_WITH}",
                    {})
-        return out
 
     def _message(self, message: SSEMessage, out: list[Payload]) -> None:
         raise NotImplementedError

@@ -61,17 +61,23 @@ Limit = tuple[int, int, int]
 """(``resource.RLIMIT_*``, soft, hard)."""
 
 
+def _setting(name: str) -> int:
+    """A limit's default as ``RuntimeConfig`` declares it: the one place it is written."""
+    return int(RuntimeConfig.model_fields[name].default)
+
+
 @dataclass(frozen=True, slots=True)
 class ExecPolicy:
-    """What an ``exec`` command may use. 0 turns a limit off (the server's own stays)."""
+    """What an ``exec`` command may use. 0 turns a limit off (the server's own stays).
+    The defaults are the config's (``exec_*`` in runtime/config.py)."""
 
     env: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_EXEC_ENV))
     user: str | None = None
-    cpu_s: int = 60
-    memory_mb: int = 4096
-    max_processes: int = 256
-    max_file_mb: int = 1024
-    max_open_files: int = 1024
+    cpu_s: int = _setting("exec_cpu_s")
+    memory_mb: int = _setting("exec_memory_mb")
+    max_processes: int = _setting("exec_max_processes")
+    max_file_mb: int = _setting("exec_max_file_mb")
+    max_open_files: int = _setting("exec_max_open_files")
 
     @classmethod
     def from_config(cls, config: RuntimeConfig) -> ExecPolicy:

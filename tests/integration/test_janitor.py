@@ -25,6 +25,7 @@ from runtime.schema import (
     ErrorInfo,
     ItemDelta,
     ItemStart,
+    Response,
     ResponseDone,
     ResponseErrorPayload,
     ResponseStart,
@@ -45,6 +46,21 @@ async def write_run(log: EventLog, node: str, *, finished: bool) -> str:
     await log.put_meta(run_id, {"status": "in_progress", "node": node})
     await log.append(run_id, [encode_event(e) for e in events], events[0].seq)
     return run_id
+
+
+async def projected_error(log: EventLog, store: SQLiteStore, run_id: str) -> Response:
+    """Runs a projector until it has stored the run's error ending; returns what it stored."""
+    projector = Projector(log, store, consumer="p", claim_idle_ms=100, block_ms=50,
+                          retention_s=60)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(projector.run)
+        while True:
+            stored = await store.get_response(run_id)
+            if stored is not None and stored.status == "error":
+                break
+            await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    return stored
 
 
 async def test_orphaned_runs_are_ended(redis_url: str, key_prefix: str, tmp_path: Path) -> None:
@@ -70,16 +86,7 @@ async def test_orphaned_runs_are_ended(redis_url: str, key_prefix: str, tmp_path
             assert rebuild([decode_event(r) for _, r in await log.read_all(done)]).status == \
                 "complete"
             assert set(await log.live_runs()) == {kept}
-            projector = Projector(log, store, consumer="p", claim_idle_ms=100, block_ms=50,
-                                  retention_s=60)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(projector.run)
-                while True:
-                    stored = await store.get_response(orphan)
-                    if stored is not None and stored.status == "error":
-                        break
-                    await trio.sleep(0.02)
-                nursery.cancel_scope.cancel()
+            stored = await projected_error(log, store, orphan)
             assert stored == resp
 
 
@@ -159,16 +166,7 @@ async def test_a_janitor_dying_after_the_ending_loses_nothing(redis_url: str, ke
             assert await log.live_runs() == {}
             assert [decode_event(r).type for _, r in await log.read_all(run)].count(
                 "response_error") == 1
-            projector = Projector(log, store, consumer="p", claim_idle_ms=100, block_ms=50,
-                                  retention_s=60)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(projector.run)
-                while True:
-                    stored = await store.get_response(run)
-                    if stored is not None and stored.status == "error":
-                        break
-                    await trio.sleep(0.02)
-                nursery.cancel_scope.cancel()
+            stored = await projected_error(log, store, run)
             assert stored.error is not None and stored.error.code == RUN_ORPHANED
 
 

@@ -20,14 +20,12 @@ from anthropic.types.shared import ErrorResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from actors.providers.anthropic_request import build_anthropic_request
-from actors.providers.anthropic_stream import AnthropicMessagesNormaliser
 from actors.providers.fixtures import Fixture, FixtureLibrary
 from actors.providers.settings import RequestSettings
 from actors.tools import BUILTIN_TOOLS
 from runtime.config import DEFAULT_MODELS, RuntimeConfig
 from runtime.schema import OUTPUT_ITEM_ADAPTER, OutputItem
 from runtime.sse import SSEDecoder, SSEMessage
-from tests.harness import response_view, run_fixture_offline
 from tests.unit.test_anthropic_request import validate_request
 
 LIBRARY = FixtureLibrary()
@@ -225,23 +223,6 @@ def test_simple_message_usage_is_8_6_14() -> None:
     usage = LIBRARY.get("anthropic", "simple_message").expected["usage"]
     assert (usage["prompt_tokens"], usage["completion_tokens"],
             usage["total_tokens"]) == (8, 6, 14)
-
-
-@pytest.mark.parametrize("fx", ANTHROPIC, ids=_id)
-def test_offline_run_gives_the_expected_response(fx: Fixture) -> None:
-    """The normaliser and the reducer together reproduce the independently written view."""
-    _, response = run_fixture_offline(fx, normalisers={"anthropic": AnthropicMessagesNormaliser})
-    assert response_view(response) == fx.expected
-
-
-@pytest.mark.parametrize("fx", ANTHROPIC, ids=_id)
-def test_offline_run_fed_in_small_chunks_gives_the_same_response(fx: Fixture) -> None:
-    def chunks(body: bytes) -> list[bytes]:
-        return [body[i:i + 61] for i in range(0, len(body), 61)]
-
-    _, response = run_fixture_offline(fx, chunks,
-                                      normalisers={"anthropic": AnthropicMessagesNormaliser})
-    assert response_view(response) == fx.expected
 
 
 @pytest.mark.parametrize("data", [

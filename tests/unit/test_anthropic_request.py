@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from anthropic.types.message_create_params import MessageCreateParamsStreaming
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from actors.providers.anthropic_request import build_anthropic_request
 from actors.providers.settings import RequestSettings
@@ -24,34 +23,15 @@ from runtime.schema import (
     OutputItem,
     ReasoningItem,
 )
+from tests.unit.wire_checks import Spec, sdk_accepts
 
 REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(MessageCreateParamsStreaming)
 HAIKU = RequestSettings(model_name="claude-haiku-4-5")
 
 
-def _materialise(value: Any) -> Any:
-    if isinstance(value, BaseModel):  # matched a response model, not a request param
-        return {"__model__": type(value).__name__}
-    if isinstance(value, dict):
-        return {k: _materialise(v) for k, v in value.items()}
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return [_materialise(v) for v in value]  # lists and pydantic's lazy validator iterators
-
-
 def validate_request(body: dict[str, Any]) -> None:
-    """Raises ``ValidationError`` or ``AssertionError`` unless the SDK accepts ``body`` as is:
-    the TypedDict validates lazily and drops unknown keys, so everything is iterated and the
-    result must equal the input."""
-    validated = _materialise(REQUEST_ADAPTER.validate_python(body))
-    assert validated == body, "the SDK dropped or changed part of the request"
-
-
-@dataclass(frozen=True)
-class Spec:
-    name: str
-    description: str
-    parameters: dict[str, object]
+    """Raises ``ValidationError`` or ``AssertionError`` unless the SDK accepts ``body`` as is."""
+    sdk_accepts(REQUEST_ADAPTER, body)
 
 
 READ = Spec("read_file", "Read a file.", {"type": "object", "properties": {

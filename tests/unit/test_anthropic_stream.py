@@ -6,17 +6,16 @@ tests do): the payloads must not depend on where the body was cut.
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
-from actors.providers.anthropic_stream import AnthropicMessagesNormaliser, _loads, _new_delta
+from actors.providers.anthropic_stream import AnthropicMessagesNormaliser
 from actors.providers.base import StreamNormaliser
-from actors.providers.fixtures import Fixture, FixtureLibrary
+from actors.providers.fixtures import BUILTIN_PROTOCOLS, Fixture
 from runtime.errors import CONTEXT_TOO_LONG, MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
 from runtime.schema import (
     PAYLOAD_ADAPTER,
@@ -33,17 +32,16 @@ from runtime.schema import (
     Usage,
     UsageUpdate,
 )
+from tests.unit import streams
+from tests.unit.streams import RID, error_of, feed, fixtures_of
+from tests.unit.streams import sse_block as block
 
-RID = "run-1"
 MSG = "msg_01XFDUDYJgAACzvnptvVoYEL"
 TOOLU = "toolu_01T1x1fJ34qAmk2tNTrN7Up6"
-ANTHROPIC = [fx for fx in FixtureLibrary() if fx.provider == "anthropic"]
-SMALL = [fx for fx in ANTHROPIC if fx.name != "large_response"]
-
-
-def block(obj: dict[str, Any], event: str | None = None) -> bytes:
-    return (f"event: {event or obj['type']}\n"
-            f"data: {json.dumps(obj, separators=(',', ':'))}\n\n").encode()
+ANTHROPIC, SMALL = fixtures_of(BUILTIN_PROTOCOLS["anthropic"])
+run = partial(feed, AnthropicMessagesNormaliser)
+play = partial(streams.play, AnthropicMessagesNormaliser)
+whole = partial(streams.whole, AnthropicMessagesNormaliser)
 
 
 def ev(kind: str, **fields: Any) -> bytes:
@@ -83,71 +81,12 @@ def finish(stop_reason: str | None = "end_turn", output_tokens: int = 6,
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 
 
-def run(*blocks: bytes, end: bool = True) -> list[Payload]:
-    n = AnthropicMessagesNormaliser(RID)
-    out = n.feed(b"".join(blocks))
-    if end:
-        out += n.end_of_stream()
-    return out
-
-
-def dump(payloads: list[Payload]) -> list[dict[str, Any]]:
-    return [p.model_dump(mode="json") for p in payloads]
-
-
-def play(chunks: list[bytes]) -> list[dict[str, Any]]:
-    n = AnthropicMessagesNormaliser(RID)
-    out: list[Payload] = []
-    for c in chunks:
-        out += n.feed(c)
-    out += n.end_of_stream()
-    assert n.finished
-    return dump(out)
-
-
-def whole(fx: Fixture) -> list[list[dict[str, Any]]]:
-    return [play([ex.stream]) for ex in fx.exchanges]
-
-
-def error_of(payloads: list[Payload]) -> ResponseErrorPayload:
-    last = payloads[-1]
-    assert isinstance(last, ResponseErrorPayload)
-    assert sum(isinstance(p, ResponseErrorPayload | ResponseDone) for p in payloads) == 1
-    return last
-
-
 def test_is_a_stream_normaliser() -> None:
     n: StreamNormaliser = AnthropicMessagesNormaliser(RID)
     assert not n.finished
 
 
 # --------------------------------------------------------------------------- fast paths
-
-
-def test_fast_delta_is_a_real_item_delta() -> None:
-    """Guards ``_new_delta``'s use of pydantic internals across pydantic upgrades."""
-    fast, real = _new_delta("msg_1", "tok"), ItemDelta(item_id="msg_1", delta_content="tok")
-    assert type(fast) is ItemDelta
-    assert fast == real and hash(fast) == hash(real)
-    assert fast.model_dump() == real.model_dump()
-    assert fast.model_dump_json() == real.model_dump_json()
-    assert PAYLOAD_ADAPTER.dump_json(fast) == PAYLOAD_ADAPTER.dump_json(real)
-    assert fast.model_fields_set == real.model_fields_set | {"type"}
-    assert fast.model_copy(update={"delta_content": "x"}).delta_content == "x"
-    with pytest.raises(ValidationError):
-        fast.delta_content = "changed"  # type: ignore[misc]
-
-
-@pytest.mark.parametrize("data", ['{"a": [1, "x"]}', ' {"a":1} ', '{"a":1}\t', "[]", '"s"',
-                                  "NaN", "1e3"])
-def test_fast_json_agrees_with_json_loads(data: str) -> None:
-    assert json.dumps(_loads(data)) == json.dumps(json.loads(data))
-
-
-@pytest.mark.parametrize("data", ['{"a":1}x', '{"a"', "", " ", "{'a': 1}", '{"a":1}{}'])
-def test_fast_json_rejects_what_json_loads_rejects(data: str) -> None:
-    with pytest.raises(ValueError):
-        _loads(data)
 
 
 def test_padded_data_is_still_an_event() -> None:
@@ -329,15 +268,15 @@ def test_usage_without_thinking_details_has_no_reasoning_tokens() -> None:
 ])
 def test_bad_thinking_details_are_schema_violations(details: Any, field: str) -> None:
     err = error_of(run(start(), finish(output_tokens_details=details)))
-    assert err.error.code == SCHEMA_VIOLATION and err.error.details is not None
-    assert err.error.details["field"] == field
+    assert err.code == SCHEMA_VIOLATION and err.details is not None
+    assert err.details["field"] == field
 
 
 def test_prompt_too_long_is_context_too_long() -> None:
     message = "prompt is too long: 208310 tokens > 200000 maximum"
     err = error_of(run(start(), ev("error", error={"type": "invalid_request_error",
                                                    "message": message})))
-    assert err.error.model_dump() == {
+    assert err.model_dump() == {
         "code": CONTEXT_TOO_LONG, "message": message,
         "details": {"provider": "anthropic", "provider_code": "invalid_request_error"}}
 
@@ -395,44 +334,44 @@ def test_error_event() -> None:
     out = run(start(), block_start(0, type="text", text=""), text(0, "Event"),
               ev("error", error={"type": "overloaded_error", "message": "Overloaded"}))
     err = error_of(out)
-    assert err.response_id == RID
-    assert err.error.model_dump() == {"code": "overloaded_error", "message": "Overloaded",
+    assert isinstance(out[-1], ResponseErrorPayload) and out[-1].response_id == RID
+    assert err.model_dump() == {"code": "overloaded_error", "message": "Overloaded",
                                       "details": {"provider": "anthropic"}}
 
 
 def test_error_event_keeps_the_request_id_and_needs_no_message_start() -> None:
     out = run(ev("error", error={"type": "api_error", "message": "Internal server error"},
                  request_id="req_011CSHoEeqs5C35K2UUqR7Fy"))
-    assert error_of(out).error.details == {"provider": "anthropic",
+    assert error_of(out).details == {"provider": "anthropic",
                                            "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy"}
 
 
 def test_error_event_without_details() -> None:
     err = error_of(run(start(), ev("error", error="boom")))
-    assert (err.error.code, err.error.message) == ("api_error", "error")
+    assert (err.code, err.message) == ("api_error", "error")
 
 
 def test_malformed_json() -> None:
     out = run(start(), b'event: content_block_delta\ndata: {"type":"content_block_delta",'
                        b'"index":0,"delta":{"type":"text_del\n\n', finish())
     err = error_of(out)
-    assert err.error.code == MALFORMED_CHUNK
-    assert err.error.message == ("anthropic stream: malformed JSON in a 'content_block_delta' "
+    assert err.code == MALFORMED_CHUNK
+    assert err.message == ("anthropic stream: malformed JSON in a 'content_block_delta' "
                                  "event")
-    assert err.error.details == {"provider": "anthropic", "event": "content_block_delta"}
+    assert err.details == {"provider": "anthropic", "event": "content_block_delta"}
 
 
 @pytest.mark.parametrize("data", [b"[1, 2]", b'"text"', b'{"index": 0}', b'{"type": 7}'])
 def test_json_that_is_not_an_event(data: bytes) -> None:
     err = error_of(run(start(), b"event: content_block_delta\ndata: " + data + b"\n\n"))
-    assert err.error.code == SCHEMA_VIOLATION
-    assert err.error.details == {"provider": "anthropic", "event": "content_block_delta",
+    assert err.code == SCHEMA_VIOLATION
+    assert err.details == {"provider": "anthropic", "event": "content_block_delta",
                                  "field": "type"}
 
 
 def test_event_name_and_type_must_agree() -> None:
     err = error_of(run(start(), block({"type": "message_stop"}, event="content_block_stop")))
-    assert err.error.code == SCHEMA_VIOLATION
+    assert err.code == SCHEMA_VIOLATION
 
 
 def test_data_without_an_event_name_is_dispatched_on_its_type() -> None:
@@ -495,10 +434,10 @@ def test_schema_violations(case: str, bad: bytes, field: str) -> None:
     if bad.startswith(b"event: content_block_delta"):
         prefix += block_start(0, type="text", text="")
     err = error_of(run(prefix, bad, finish()))
-    assert err.error.code == SCHEMA_VIOLATION, err
+    assert err.code == SCHEMA_VIOLATION, err
     event = bad.split(b"\n", 1)[0].removeprefix(b"event: ").decode()
-    assert err.error.details == {"provider": "anthropic", "event": event, "field": field}
-    assert err.error.message == (f"anthropic stream: {event}: {field!r} missing or of the "
+    assert err.details == {"provider": "anthropic", "event": event, "field": field}
+    assert err.message == (f"anthropic stream: {event}: {field!r} missing or of the "
                                  f"wrong type")
 
 
@@ -509,7 +448,7 @@ def test_schema_violations(case: str, bad: bytes, field: str) -> None:
 ])
 def test_delta_of_another_block_type(bad: bytes) -> None:
     err = error_of(run(start(), block_start(0, type="text", text=""), bad, finish()))
-    assert (err.error.code, err.error.details) == (SCHEMA_VIOLATION, {
+    assert (err.code, err.details) == (SCHEMA_VIOLATION, {
         "provider": "anthropic", "event": "content_block_delta", "field": "delta.type"})
 
 
@@ -517,8 +456,8 @@ def test_delta_of_another_block_type(bad: bytes) -> None:
                                    finish()])
 def test_events_before_message_start(early: bytes) -> None:
     err = error_of(run(early, start(), finish()))
-    assert err.error.code == SCHEMA_VIOLATION
-    assert err.error.details is not None and err.error.details["field"] == "message_start"
+    assert err.code == SCHEMA_VIOLATION
+    assert err.details is not None and err.details["field"] == "message_start"
 
 
 def test_truncated_stream() -> None:
@@ -533,7 +472,7 @@ def test_truncated_stream() -> None:
 def test_message_stop_without_its_blank_line_is_truncation() -> None:
     body = start() + finish()
     out = run(body[:-1])
-    assert error_of(out).error.code == STREAM_TRUNCATED
+    assert error_of(out).code == STREAM_TRUNCATED
 
 
 def test_message_stop_ended_by_end_of_stream_line() -> None:
@@ -542,7 +481,7 @@ def test_message_stop_ended_by_end_of_stream_line() -> None:
     body = start() + finish()
     assert n.feed(body[:-2]) == []
     out = n.end_of_stream()
-    assert error_of(out).error.code == STREAM_TRUNCATED
+    assert error_of(out).code == STREAM_TRUNCATED
 
 
 def test_nothing_after_the_terminal_payload() -> None:

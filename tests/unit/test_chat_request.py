@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,25 +18,11 @@ from runtime.schema import (
     ReasoningItem,
 )
 from tests.unit.test_chat_fixtures import validate_request
+from tests.unit.wire_checks import Spec, agent, user
 
 QWEN = RequestSettings(model_name="Qwen/Qwen3-8B")
 OSS = RequestSettings(model_name="openai/gpt-oss-20b", reasoning_effort="high",
                       max_output_tokens=1000)
-
-
-@dataclass(frozen=True)
-class Spec:
-    name: str
-    description: str
-    parameters: dict[str, object]
-
-
-def user(text: str, n: int = 0) -> MessageItem:
-    return MessageItem(id=f"u{n}:prompt", origin="user", role="user", content=text)
-
-
-def agent(text: str, n: int = 0) -> MessageItem:
-    return MessageItem(id=f"msg_{n}", origin="agent", role="assistant", content=text)
 
 
 def fc(n: int, name: str = "read_file", arguments: str = '{"path": "a"}') -> FunctionCallItem:

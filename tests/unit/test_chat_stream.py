@@ -4,6 +4,7 @@ usage, bad input, and chunking (whole, one byte at a time, hypothesis-chosen spl
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.providers.chat_stream import ChatCompletionsNormaliser
-from actors.providers.fixtures import Fixture, FixtureLibrary
+from actors.providers.fixtures import Fixture
 from runtime.errors import CONTEXT_TOO_LONG, MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
 from runtime.schema import (
     PAYLOAD_ADAPTER,
@@ -28,11 +29,13 @@ from runtime.schema import (
     Usage,
     UsageUpdate,
 )
+from tests.unit import streams
+from tests.unit.streams import RID, dump, error_of, feed, fixtures_of
 
-RID = "run-1"
 CID = "chatcmpl-abc"
-CHAT = [fx for fx in FixtureLibrary() if fx.protocol == "openai-chat"]
-SMALL = [fx for fx in CHAT if fx.name != "large_response"]
+CHAT, SMALL = fixtures_of("openai-chat")
+run = partial(feed, ChatCompletionsNormaliser)
+play = partial(streams.play, ChatCompletionsNormaliser)
 DONE = b"data: [DONE]\n\n"
 
 
@@ -73,25 +76,6 @@ USAGE = chunk(choices=[], usage={"prompt_tokens": 8, "completion_tokens": 6,
 ROLE = delta(role="assistant", content="")
 
 
-def run(*blocks: bytes, end: bool = True) -> list[Payload]:
-    n = ChatCompletionsNormaliser(RID)
-    out = n.feed(b"".join(blocks))
-    if end:
-        out += n.end_of_stream()
-    return out
-
-
-def dump(payloads: list[Payload]) -> list[dict[str, Any]]:
-    return [p.model_dump(mode="json") for p in payloads]
-
-
-def error_of(payloads: list[Payload]) -> ErrorInfo:
-    last = payloads[-1]
-    assert isinstance(last, ResponseErrorPayload)
-    assert sum(isinstance(p, ResponseErrorPayload | ResponseDone) for p in payloads) == 1
-    return last.error
-
-
 def finals(payloads: list[Payload]) -> list[Any]:
     return [p.final_item for p in payloads if isinstance(p, ItemDone)]
 
@@ -101,23 +85,13 @@ def text_of(payloads: list[Payload], item_id: str) -> str:
                    if isinstance(p, ItemDelta) and p.item_id == item_id)
 
 
-def play(fx: Fixture, chunks: list[bytes]) -> list[dict[str, Any]]:
-    n = ChatCompletionsNormaliser(RID)
-    out: list[Payload] = []
-    for c in chunks:
-        out += n.feed(c)
-    out += n.end_of_stream()
-    assert n.finished
-    return dump(out)
-
-
 # --------------------------------------------------------------------------- chunking
 
 
 @pytest.mark.parametrize("fx", CHAT, ids=lambda fx: fx.name)
 def test_fixture_payloads_validate_and_end_once(fx: Fixture) -> None:
     for ex in fx.exchanges:
-        payloads = play(fx, [ex.stream])
+        payloads = play([ex.stream])
         for p in payloads:
             PAYLOAD_ADAPTER.validate_python(p)
         assert [p["type"] in ("response_done", "response_error") for p in payloads].count(
@@ -128,8 +102,8 @@ def test_fixture_payloads_validate_and_end_once(fx: Fixture) -> None:
 @pytest.mark.parametrize("fx", SMALL, ids=lambda fx: fx.name)
 def test_one_byte_at_a_time_gives_the_same_payloads(fx: Fixture) -> None:
     for ex in fx.exchanges:
-        whole = play(fx, [ex.stream])
-        assert play(fx, [ex.stream[i:i + 1] for i in range(len(ex.stream))]) == whole
+        whole = play([ex.stream])
+        assert play([ex.stream[i:i + 1] for i in range(len(ex.stream))]) == whole
 
 
 @pytest.mark.parametrize("fx", SMALL, ids=lambda fx: fx.name)
@@ -140,7 +114,7 @@ def test_any_split_gives_the_same_payloads(fx: Fixture, cuts: list[float]) -> No
         points = sorted({int(c * len(ex.stream)) for c in cuts})
         pieces = [ex.stream[a:b] for a, b in zip([0, *points], [*points, len(ex.stream)],
                                                  strict=True)]
-        assert play(fx, pieces) == play(fx, [ex.stream])
+        assert play(pieces) == play([ex.stream])
 
 
 def test_crlf_line_endings_comments_and_empty_data_are_fine() -> None:

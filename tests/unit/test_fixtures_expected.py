@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.providers.fixtures import Fixture, FixtureLibrary
+from actors.providers.sse_normaliser import SSENormaliser
 from runtime.errors import STREAM_TRUNCATED
 from runtime.ids import prompt_item_id
 from runtime.reducer import rebuild
@@ -38,7 +39,7 @@ from runtime.schema import (
     Usage,
     UsageUpdate,
 )
-from runtime.sse import SSEDecoder, encode_frame
+from runtime.sse import SSEMessage, encode_frame
 from tests.harness import NormaliserFactory, response_view, run_fixture_offline
 
 LIBRARY = FixtureLibrary()
@@ -79,35 +80,19 @@ def check_stream_shape(events: list[StreamEvent]) -> None:
 # --------------------------------------------------------------------------- the harness
 
 
-class CanonicalNormaliser:
-    """A stand-in provider whose wire format is canonical payloads as SSE ``data:`` lines."""
+class CanonicalNormaliser(SSENormaliser):
+    """A stand-in provider whose wire format is canonical payloads as SSE ``data:`` lines: the
+    real normalisers' frame (``SSENormaliser``: decoding, one ending, STREAM_TRUNCATED), with
+    no provider format to parse."""
 
-    def __init__(self, response_id: str) -> None:
-        self.response_id = response_id
-        self._decoder = SSEDecoder()
-        self._finished = False
+    __slots__ = ()
+    PROVIDER = "canonical"
+    ENDS_WITH = "a terminal payload"
 
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def feed(self, data: bytes) -> list[Payload]:
-        out: list[Payload] = []
-        for msg in self._decoder.feed(data):
-            if self._finished:
-                break
-            p = PAYLOAD_ADAPTER.validate_json(msg.data)
-            self._finished = isinstance(p, ResponseDone | ResponseErrorPayload)
-            out.append(p)
-        return out
-
-    def end_of_stream(self) -> list[Payload]:
-        self._decoder.close()  # an event without its blank line is dropped
-        if self._finished:
-            return []
-        self._finished = True
-        return [ResponseErrorPayload(response_id=self.response_id, error=ErrorInfo(
-            code=STREAM_TRUNCATED, message="stream ended early"))]
+    def _message(self, message: SSEMessage, out: list[Payload]) -> None:
+        p = PAYLOAD_ADAPTER.validate_json(message.data)
+        self._finished = isinstance(p, ResponseDone | ResponseErrorPayload)
+        out.append(p)
 
 
 FAKE: dict[str, NormaliserFactory] = {"canonical": CanonicalNormaliser}
@@ -282,6 +267,14 @@ def test_fixture_gives_its_expected_response(fx: Fixture) -> None:
 @given(cuts=st.lists(st.integers(min_value=0, max_value=2**31), max_size=40))
 def test_fixture_in_any_chunking(fx: Fixture, cuts: list[int]) -> None:
     _, resp = run_fixture_offline(fx, cutter(cuts))
+    assert response_view(resp) == fx.expected
+
+
+@pytest.mark.parametrize("fx", FIXTURES, ids=_id)
+def test_fixture_in_61_byte_chunks(fx: Fixture) -> None:
+    """Reads that cut SSE lines, JSON and UTF-8 mid-way, for every protocol's fixtures (one
+    test here, not one per protocol's fixture tests)."""
+    _, resp = run_fixture_offline(fx, lambda s: [s[i:i + 61] for i in range(0, len(s), 61)])
     assert response_view(resp) == fx.expected
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,25 +18,11 @@ from runtime.schema import (
     ReasoningItem,
 )
 from tests.unit.test_openai_fixtures import validate_request
+from tests.unit.wire_checks import Spec, agent, user
 
 MINI = RequestSettings(model_name="gpt-5-mini")
 CODEX = RequestSettings(model_name="gpt-5-codex", reasoning_effort="high",
                         max_output_tokens=1000)
-
-
-@dataclass(frozen=True)
-class Spec:
-    name: str
-    description: str
-    parameters: dict[str, object]
-
-
-def user(text: str, n: int = 0) -> MessageItem:
-    return MessageItem(id=f"u{n}:prompt", origin="user", role="user", content=text)
-
-
-def agent(text: str, n: int = 0) -> MessageItem:
-    return MessageItem(id=f"msg_{n}", origin="agent", role="assistant", content=text)
 
 
 def test_a_first_request() -> None:

@@ -7,16 +7,15 @@ tests do): the payloads must not depend on where the body was cut.
 from __future__ import annotations
 
 import itertools
-import json
+from functools import partial
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
-from actors.providers.fixtures import Fixture, FixtureLibrary
-from actors.providers.openai_stream import OpenAIResponsesNormaliser, _loads, _new_delta
+from actors.providers.fixtures import BUILTIN_PROTOCOLS, Fixture
+from actors.providers.openai_stream import OpenAIResponsesNormaliser
 from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION, STREAM_TRUNCATED
 from runtime.schema import (
     PAYLOAD_ADAPTER,
@@ -33,45 +32,18 @@ from runtime.schema import (
     Usage,
     UsageUpdate,
 )
+from tests.unit import streams
+from tests.unit.streams import RID, dump, error_of, feed, fixtures_of
+from tests.unit.streams import sse_block as block
 
-RID = "run-1"
-OPENAI = [fx for fx in FixtureLibrary() if fx.provider == "openai"]
-SMALL = [fx for fx in OPENAI if fx.name != "large_response"]
-
-
-def block(obj: dict[str, Any], event: str | None = None) -> bytes:
-    return (f"event: {event or obj['type']}\n"
-            f"data: {json.dumps(obj, separators=(',', ':'))}\n\n").encode()
+OPENAI, SMALL = fixtures_of(BUILTIN_PROTOCOLS["openai"])
+run = partial(feed, OpenAIResponsesNormaliser)
+play = partial(streams.play, OpenAIResponsesNormaliser)
+whole = partial(streams.whole, OpenAIResponsesNormaliser)
 
 
 def ev(kind: str, **fields: Any) -> bytes:
     return block({"type": kind, "sequence_number": 0, **fields})
-
-
-def run(*blocks: bytes, end: bool = True) -> list[Payload]:
-    n = OpenAIResponsesNormaliser(RID)
-    out = n.feed(b"".join(blocks))
-    if end:
-        out += n.end_of_stream()
-    return out
-
-
-def dump(payloads: list[Payload]) -> list[dict[str, Any]]:
-    return [p.model_dump(mode="json") for p in payloads]
-
-
-def play(fx: Fixture, chunks: list[bytes]) -> list[dict[str, Any]]:
-    n = OpenAIResponsesNormaliser(RID)
-    out: list[Payload] = []
-    for c in chunks:
-        out += n.feed(c)
-    out += n.end_of_stream()
-    assert n.finished
-    return dump(out)
-
-
-def whole(fx: Fixture) -> list[list[dict[str, Any]]]:
-    return [play(fx, [ex.stream]) for ex in fx.exchanges]
 
 
 def completed(output: Any = None, usage: Any = "default",
@@ -91,13 +63,6 @@ MSG_ADDED = ev("response.output_item.added", output_index=0,
 
 def delta(kind: str, item_id: str, text: Any) -> bytes:
     return ev(kind, item_id=item_id, output_index=0, content_index=0, delta=text)
-
-
-def error_of(payloads: list[Payload]) -> ErrorInfo:
-    last = payloads[-1]
-    assert isinstance(last, ResponseErrorPayload)
-    assert sum(isinstance(p, ResponseErrorPayload | ResponseDone) for p in payloads) == 1
-    return last.error
 
 
 # --------------------------------------------------------------------------- chunking
@@ -122,14 +87,14 @@ def test_one_byte_at_a_time_gives_the_same_payloads(fx: Fixture) -> None:
     expected = whole(fx)
     for ex, want in zip(fx.exchanges, expected, strict=True):
         s = ex.stream
-        assert play(fx, [s[i:i + 1] for i in range(len(s))]) == want
+        assert play([s[i:i + 1] for i in range(len(s))]) == want
 
 
 def test_large_response_in_odd_chunks_gives_the_same_payloads() -> None:
     (fx,) = [fx for fx in OPENAI if fx.name == "large_response"]
     (want,) = whole(fx)
     s = fx.exchanges[0].stream
-    assert play(fx, [s[i:i + 997] for i in range(0, len(s), 997)]) == want
+    assert play([s[i:i + 997] for i in range(0, len(s), 997)]) == want
     deltas = "".join(p["delta_content"] for p in want if p["type"] == "item_delta")
     assert len(deltas.encode()) >= 1_048_576
 
@@ -142,7 +107,7 @@ def test_any_split_gives_the_same_payloads(fx: Fixture, cuts: list[float]) -> No
         s = ex.stream
         points = sorted({int(c * len(s)) for c in cuts} | {0, len(s)})
         chunks = [s[a:b] for a, b in itertools.pairwise(points)]
-        assert play(fx, chunks) == play(fx, [s])
+        assert play(chunks) == play([s])
 
 
 def test_crlf_line_endings_and_comments_are_fine() -> None:
@@ -223,32 +188,6 @@ def test_padded_delta_takes_the_full_path_to_the_same_payload() -> None:
     body = (b'event: response.output_text.delta\ndata:  {"type": "response.output_text.delta",'
             b' "item_id": "msg_9", "delta": "x"}\t\n\n')
     assert run(body, end=False) == [ItemDelta(item_id="msg_9", delta_content="x")]
-
-
-def test_fast_delta_is_a_real_item_delta() -> None:
-    """Guards ``_new_delta``'s use of pydantic internals across pydantic upgrades."""
-    fast, real = _new_delta("msg_1", "tok"), ItemDelta(item_id="msg_1", delta_content="tok")
-    assert type(fast) is ItemDelta
-    assert fast == real and hash(fast) == hash(real)
-    assert fast.model_dump() == real.model_dump()
-    assert fast.model_dump_json() == real.model_dump_json()
-    assert PAYLOAD_ADAPTER.dump_json(fast) == PAYLOAD_ADAPTER.dump_json(real)
-    assert fast.model_fields_set == real.model_fields_set | {"type"}
-    assert fast.model_copy(update={"delta_content": "x"}).delta_content == "x"
-    with pytest.raises(ValidationError):
-        fast.delta_content = "changed"  # type: ignore[misc]
-
-
-@pytest.mark.parametrize("data", ['{"a": [1, "x"]}', ' {"a":1} ', '{"a":1}\t', "[]", '"s"',
-                                  "NaN", "1e3"])
-def test_fast_json_agrees_with_json_loads(data: str) -> None:
-    assert json.dumps(_loads(data)) == json.dumps(json.loads(data))
-
-
-@pytest.mark.parametrize("data", ['{"a":1}x', '{"a"', "", " ", "{'a': 1}", '{"a":1}{}'])
-def test_fast_json_rejects_what_json_loads_rejects(data: str) -> None:
-    with pytest.raises(ValueError):
-        _loads(data)
 
 
 def test_summary_parts_after_the_first_are_separated_by_a_blank_line() -> None:

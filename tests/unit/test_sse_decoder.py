@@ -70,7 +70,9 @@ def test_an_entry_frame_is_the_exact_bytes_clients_get() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=40),
+# no lone surrogates: what we store is UTF-8, which cannot carry them
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",),
+                                      blacklist_characters="\n\r"), max_size=40),
        st.from_regex(r"\A[a-z_]{1,20}\Z"), st.from_regex(r"\A[0-9]{1,13}-[0-9]{1,4}\Z"))
 def test_entry_frames_are_one_line_frames(data: str, event: str, entry_id: str) -> None:
     """The hot-path encoder and the general one agree for the one-line JSON we store."""

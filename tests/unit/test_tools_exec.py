@@ -106,8 +106,10 @@ def sandboxed() -> Iterator[Sandboxed]:
 
 async def test_the_server_environment_does_not_reach_a_command(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    secrets = {"OPENAI_API_KEY": "sk-test-openai-9f8e7d", "ANTHROPIC_API_KEY": "sk-ant-test-1a2b3c",
-               "CODY_API_KEYS": "t:tok-test-55aa-0123456789", "AWS_SECRET_ACCESS_KEY": "aws-test-77cc",
+    secrets = {"OPENAI_API_KEY": "sk-test-openai-9f8e7d",
+               "ANTHROPIC_API_KEY": "sk-ant-test-1a2b3c",
+               "CODY_API_KEYS": "t:tok-test-55aa-0123456789",
+               "AWS_SECRET_ACCESS_KEY": "aws-test-77cc",
                "DATABASE_URL": "postgres://u:pw-test-33dd@h/db"}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
