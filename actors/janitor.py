@@ -46,7 +46,7 @@ from runtime.schema import (
 
 log = logging.getLogger(__name__)
 
-SWEEP_CONCURRENCY = 32
+SWEEP_CONCURRENCY = 4
 """Orphans one sweep ends at once."""
 
 

@@ -197,7 +197,8 @@ async def test_a_run_accepted_elsewhere_reads_queued_and_unknown_is_404(
     with trio.fail_after(30):
         async with nodes(deployment, prefix, tmp_path, count=1) as (b,):
             run_id, thread_id = str(uuid.uuid4()), str(uuid.uuid4())
-            # what another node writes before its 202, its actor not started yet
+            # what another (live) node writes before its 202, its actor not started yet
+            await b.log.refresh_lease("elsewhere", 60)
             await b.log.put_meta(run_id, {"thread_id": thread_id, "turn_id": str(uuid.uuid4()),
                                           "status": "in_progress", "node": "elsewhere",
                                           "provider_id": "openai", "model_id": "gpt-5-mini",
