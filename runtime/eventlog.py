@@ -21,9 +21,10 @@ The same code runs on one Redis (``redis://``, ``unix://``) and on a Redis Clust
   the live path: the run's actor serves the run while it runs). Why not one blocking read on
   one shard between rounds: Redis times blocked clients out at its ``hz`` tick, so a
   ``BLOCK 100`` on an idle node returns after 100-200 ms (measured), which doubled the wait.
-  :meth:`EventLog.tail_many` (many run streams at once, for a node's multiplexed tail) reads
-  the same way; a live SSE tail on a cluster needs a wake-up that polling cannot give (a
-  sharded pub/sub doorbell per run slot, for the multiplexed tail to come).
+  :meth:`EventLog.tail_many` reads the same way, and so does :meth:`EventLog.read_node`, a
+  node's multiplexed tail (actors/node_tail.py): one blocking ``XREAD`` over every watched
+  run and the node's control stream on one Redis; on a cluster, pipelined non-blocking
+  rounds that its caller paces (``CODY_TAIL_POLL_MS``).
 - Everything that must be atomic is on one run's keys, which share the ``{run_id}`` hash tag:
   the janitor's orphan ending is one Lua script (:meth:`EventLog.end_orphan`).
 
