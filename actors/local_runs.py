@@ -18,6 +18,7 @@ import trio
 
 from actors.run_actor import RunActor
 from runtime.errors import ShuttingDown
+from runtime.metrics import Metrics
 from runtime.schema import TERMINAL_STATUSES, Response
 
 
@@ -55,12 +56,15 @@ def freshest(stored: Iterable[Response], fresher: Iterable[Response]) -> list[Re
 class LocalRuns:
     """The run actors of this process, each in the runs nursery, never restarted."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, metrics: Metrics | None = None) -> None:
         self._nursery = nursery
+        self.metrics = metrics or Metrics()
         self.actors: dict[str, RunActor] = {}
         """By run id; the janitor reads it to leave this node's runs alone."""
         self.recent = RecentlyFinished()
         self.stats = RuntimeStats()
+        self.slow_dropped_ended = 0
+        """Subscribers cut off for being slow by runs no longer here (for the metric)."""
         self.accepting = True
         """False once the drain began: no new run would survive it."""
 
@@ -94,6 +98,9 @@ class LocalRuns:
         ``actors/thread_policies.py``; it must not raise), ``on_end`` (shielded: it must
         bound itself) once it is gone."""
         self.stats.runs_started += 1
+        spec = actor.spec
+        self.metrics.run_started(spec.run_id, spec.provider_id, spec.model_id,
+                                 trio.current_time())
         self._nursery.start_soon(self._run, actor, on_end, before)
 
     async def _run(self, actor: RunActor,
@@ -109,9 +116,20 @@ class LocalRuns:
                 self.recent.add(snap)
             self.release(actor.run_id)
             self.stats.runs_finished += 1
+            self.slow_dropped_ended += actor.fanout.dropped_count
+            spec = actor.spec
+            self.metrics.run_finished(spec.run_id, snap.status if snap else "error",
+                                      spec.provider_id, spec.model_id,
+                                      snap.usage if snap else None)
             if on_end is not None:
                 with trio.CancelScope(shield=True):
                     await on_end()
+
+    def slow_dropped(self) -> int:
+        """Every subscriber cut off for being slow, by runs here now or before (monotonic:
+        a run's count moves from the live sum to the ended one in one step)."""
+        return self.slow_dropped_ended + sum(a.fanout.dropped_count
+                                             for a in self.actors.values())
 
     def recent_on(self, thread_id: str) -> list[Response]:
         return [r for r in self.recent.responses.values() if r.thread_id == thread_id]

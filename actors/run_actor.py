@@ -36,23 +36,19 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from actors.fanout import Fanout, LogEntry
-from actors.providers.anthropic_request import build_anthropic_request
-from actors.providers.anthropic_stream import AnthropicMessagesNormaliser
-from actors.providers.base import StreamNormaliser, ToolSpec
-from actors.providers.openai_request import build_openai_request
-from actors.providers.openai_stream import OpenAIResponsesNormaliser
+from actors.providers.protocols import protocol as wire_protocol
 from actors.providers.provider import ModelProvider, ProviderCall
 from actors.providers.settings import RequestSettings
 from actors.tools import ToolResult, ToolRunner
 from runtime.clock import WallClock
 from runtime.config import RuntimeConfig
 from runtime.errors import CodyError, is_infrastructure
-from runtime.ids import new_traceparent
+from runtime.ids import child_traceparent, new_traceparent
 from runtime.reducer import ResponseReducer
 from runtime.schema import OutputItem, Response
 from runtime.turn_machine import (
@@ -67,30 +63,6 @@ from runtime.turn_machine import (
 )
 
 log = logging.getLogger(__name__)
-
-NormaliserFactory = Callable[[str], StreamNormaliser]
-RequestBuilder = Callable[[Sequence[OutputItem], Sequence[ToolSpec], RequestSettings],
-                          dict[str, Any]]
-
-# The one place that maps a provider to its wire format (a protocol registry can replace it).
-NORMALISERS: dict[str, NormaliserFactory] = {
-    "openai": OpenAIResponsesNormaliser,
-    "anthropic": AnthropicMessagesNormaliser,
-}
-REQUEST_BUILDERS: dict[str, RequestBuilder] = {
-    "openai": build_openai_request,
-    "anthropic": build_anthropic_request,
-}
-
-
-def new_normaliser(provider_id: str, run_id: str) -> StreamNormaliser:
-    return NORMALISERS[provider_id](run_id)
-
-
-def build_request(provider_id: str, items: Sequence[OutputItem], tools: Sequence[ToolSpec],
-                  settings: RequestSettings) -> dict[str, Any]:
-    return REQUEST_BUILDERS[provider_id](items, tools, settings)
-
 
 class RunLog(Protocol):
     """What the actor needs of the Redis event log.
@@ -110,7 +82,12 @@ class RunSpec(TurnSpec):
     """The turn (``TurnSpec``, the machine's input) plus what only the driver needs: how to
     ask the provider. A subclass, so the turn's fields are written once."""
 
+    protocol: str
+    """The provider's wire protocol (actors/providers/protocols.py): its request builder and
+    stream normaliser."""
     settings: RequestSettings
+    traceparent: str | None = None
+    """The run's W3C trace context (the submit's ``traceparent``); None: a new trace."""
 
     def turn(self) -> TurnSpec:
         return self
@@ -193,11 +170,13 @@ class RunActor:
                  tools: ToolRunner, clock: WallClock, limits: RunLimits,
                  subscriber_buffer: int, rng: random.Random | None = None) -> None:
         self.spec = spec
+        self._wire = wire_protocol(spec.protocol)
         self._log = log_
         self._provider = provider
         self._tools = tools
         self._limits = limits
         self._rng = rng or random.Random()
+        self.traceparent = spec.traceparent or new_traceparent()
         self._clock = clock
         self.accepted_at_ms = clock.now_ms()
         self.machine = self._new_machine()
@@ -212,7 +191,7 @@ class RunActor:
 
     def _new_machine(self) -> TurnMachine:
         limits = self._limits
-        return TurnMachine(self.spec.turn(), traceparent=new_traceparent(),
+        return TurnMachine(self.spec.turn(), traceparent=self.traceparent,
                            now_ms=self._clock.now_ms,
                            limits=TurnLimits(max_iterations=limits.max_iterations,
                                              coalesce_max_chars=limits.coalesce_max_chars))
@@ -343,9 +322,10 @@ class RunActor:
         spec = self.spec
         call = ProviderCall(run_id=spec.run_id, provider_id=spec.provider_id,
                             model_id=spec.model_id, prompt=spec.prompt, exchange=cmd.exchange,
-                            body=build_request(spec.provider_id, cmd.items, self._tools.specs,
-                                               spec.settings))
-        normaliser = new_normaliser(spec.provider_id, spec.run_id)
+                            body=self._wire.build_request(cmd.items, self._tools.specs,
+                                                          spec.settings),
+                            traceparent=child_traceparent(self.traceparent))
+        normaliser = self._wire.normaliser(spec.run_id)
         send, receive = trio.open_memory_channel[bytes | Exception](self._limits.read_ahead)
         reader = self._work = trio.CancelScope()
         failure: Exception | None = None

@@ -1,9 +1,12 @@
 """The submission service: turning a ``TurnRequest`` into a running run actor, and stopping one.
 
 It owns the policy of a submit, in this order: nothing is accepted while draining
-(``503 SHUTTING_DOWN``); the model and provider are resolved against the allow-list
-(``UNKNOWN_PROVIDER``, ``INVALID_MODEL``) and the provider must be configured
-(``PROVIDER_NOT_CONFIGURED``); the requested tools must be enabled on this server; a client's
+(``503 SHUTTING_DOWN``); the model and provider are resolved through the catalogue
+(runtime/catalogue.py: a catalogue id, or ``<provider>/<provider's model name>`` sent as is;
+``UNKNOWN_PROVIDER``, ``INVALID_MODEL``) and the provider must be configured
+(``PROVIDER_NOT_CONFIGURED``, naming the variable its key belongs in); the run's reasoning
+settings are the model's defaults unless the run names its own (``reasoning_effort``,
+``thinking_budget``); the requested tools must be enabled on this server; a client's
 ``run_id`` must be new (``409 CONFLICT``). Then it gathers the thread's history, wires the
 actor (provider, tools, limits, the log it writes through), records the run's metadata, asks
 the thread policies whether it may start (``actors/thread_policies.py``: start, ``409
@@ -17,7 +20,7 @@ most once per key and body (``actors/idempotency.py``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 
 import trio
@@ -32,26 +35,23 @@ from actors.reading import ReadingService
 from actors.run_actor import RunActor, RunLimits, RunSpec
 from actors.thread_policies import ThreadPolicies
 from actors.tools import ExecPolicy, ToolRunner
+from runtime.catalogue import Catalogue, Resolved, reasoning_defaults
 from runtime.clock import WallClock
-from runtime.config import DEFAULT_PROVIDER_MODEL, RuntimeConfig
+from runtime.config import RuntimeConfig
 from runtime.errors import (
     Conflict,
-    InvalidModel,
     Overloaded,
     ProviderNotConfigured,
     ThreadBusy,
-    UnknownProvider,
     ValidationFailed,
 )
 from runtime.eventlog import EventLog
 from runtime.group_commit import GroupCommitter
-from runtime.ids import new_uuid
+from runtime.ids import new_uuid, parse_traceparent
 from runtime.schema import TERMINAL_STATUSES, OutputItem, Response
 from runtime.store import DEFAULT_TENANT, Store
 from runtime.thread_policy import history_items
 from runtime.turns import TurnAccepted, TurnRequest
-
-PROVIDERS = ("openai", "anthropic")
 
 CANCEL_WAIT_S = 30.0
 """How long a cancel waits for the run's ending to be written before answering."""
@@ -82,10 +82,13 @@ class SubmissionService:
     def __init__(self, config: RuntimeConfig, *, runs: LocalRuns, log_: EventLog,
                  store: Store, providers: dict[str, ModelProvider], clock: WallClock,
                  node_id: str, actor_log: ActorLog, reading: ReadingService,
+                 catalogue: Catalogue, provider_env: Mapping[str, str],
                  policies: ThreadPolicies, idempotency: IdempotencyRecords,
                  admission: Admission | None = None,
                  node_tail: NodeTail | None = None) -> None:
         self._config = config
+        self._catalogue = catalogue
+        self._provider_env = provider_env
         self._runs = runs
         self._log = log_
         self._store = store
@@ -101,38 +104,24 @@ class SubmissionService:
 
     # ------------------------------------------------------------------ policy
 
-    def resolve_model(self, req: TurnRequest) -> tuple[str, str]:
-        """The (provider, model) a turn runs on.
+    def resolve_model(self, req: TurnRequest) -> Resolved:
+        """The provider and model a turn runs on (runtime/catalogue.py ``Catalogue.resolve``).
 
         Raises:
-            UnknownProvider: ``provider_id`` is not one we speak.
-            InvalidModel: ``model`` is not on the allow-list, or not served by ``provider_id``.
+            UnknownProvider: ``provider_id``, or the ``<provider>/`` of ``model``, is not in
+                the catalogue.
+            InvalidModel: ``model`` is neither a catalogue id nor ``<provider>/<name>``, or it
+                is not served by ``provider_id``.
         """
-        cfg = self._config
-        if req.provider_id is not None and req.provider_id not in PROVIDERS:
-            raise UnknownProvider(f"unknown provider {req.provider_id!r}; known: "
-                                  f"{', '.join(PROVIDERS)}", details={"field": "provider_id"})
-        if req.model is not None:
-            entry = cfg.models.get(req.model)
-            if entry is None:
-                raise InvalidModel(f"unknown model {req.model!r}; allowed: "
-                                   f"{', '.join(sorted(cfg.models))}", details={"field": "model"})
-            if req.provider_id is not None and entry.provider != req.provider_id:
-                raise InvalidModel(f"model {req.model!r} is not served by provider "
-                                   f"{req.provider_id!r}", details={"field": "model"})
-            return entry.provider, req.model
-        if req.provider_id is not None:
-            if req.provider_id == cfg.default_provider:
-                return req.provider_id, cfg.default_model
-            return req.provider_id, DEFAULT_PROVIDER_MODEL[req.provider_id]
-        return cfg.default_provider, cfg.default_model
+        return self._catalogue.resolve(req.model, req.provider_id)
 
     def _provider_for(self, provider_id: str) -> ModelProvider:
         provider = self._providers.get(provider_id)
         if provider is None:
+            # live mode leaves out a provider whose key is not set: say which variable
+            self._catalogue.api_key(provider_id, self._provider_env)
             raise ProviderNotConfigured(
-                f"provider {provider_id!r} has no API key configured on this server "
-                f"(set {provider_id.upper()}_API_KEY, or run the server with --replay)",
+                f"provider {provider_id!r} is not available on this server",
                 details={"field": "provider_id", "provider": provider_id})
         return provider
 
@@ -173,7 +162,8 @@ class SubmissionService:
     # ------------------------------------------------------------------ submit and cancel
 
     async def submit_idempotent(self, req: TurnRequest, key: str | None, *,
-                                tenant: str = DEFAULT_TENANT) -> tuple[TurnAccepted, bool]:
+                                tenant: str = DEFAULT_TENANT, traceparent: str | None = None
+                                ) -> tuple[TurnAccepted, bool]:
         """:meth:`submit`, at most once per ``Idempotency-Key`` and body (``key`` None: just
         submit): the response, and whether it replays an earlier submit's.
 
@@ -183,20 +173,26 @@ class SubmissionService:
             ...: whatever :meth:`submit` raises.
         """
         if key is None:
-            return await self.submit(req, tenant=tenant), False
+            return await self.submit(req, tenant=tenant, traceparent=traceparent), False
         self._runs.check_accepting()
         return await self._idempotency.submit_once(
-            req, key, tenant=tenant, submit=partial(self.submit, tenant=tenant))
+            req, key, tenant=tenant,
+            submit=partial(self.submit, tenant=tenant, traceparent=traceparent))
 
-    async def submit(self, req: TurnRequest, *, tenant: str = DEFAULT_TENANT) -> TurnAccepted:
-        """Raises (besides the policy errors above):
+    async def submit(self, req: TurnRequest, *, tenant: str = DEFAULT_TENANT,
+                     traceparent: str | None = None) -> TurnAccepted:
+        """``traceparent``: the request's W3C header; valid, it becomes the run's trace.
+
+        Raises (besides the policy errors above):
             NotFound: ``thread_id`` is another tenant's.
             Overloaded: a node or tenant admission limit is reached (actors/admission.py).
             ThreadBusy: ``multitask_strategy`` reject, and the thread has a turn running.
         """
         self._runs.check_accepting()
         self._admission.check_node()
-        provider_id, model_id = self.resolve_model(req)
+        resolved = self.resolve_model(req)
+        provider_id, model_id = resolved.provider.id, resolved.model_id
+        protocol = resolved.provider.protocol
         provider = self._provider_for(provider_id)
         tools = self._tools_for(req)
         run_id = req.run_id or new_uuid()
@@ -206,19 +202,19 @@ class SubmissionService:
         turn_id = req.turn_id or new_uuid()
         await self._store.ensure_thread(thread_id, tenant=tenant)
         cfg = self._config
-        entry = cfg.models[model_id]
-        effort = req.reasoning_effort or (cfg.default_reasoning_effort
-                                          if entry.reasoning and provider_id == "openai" else None)
-        budget = req.thinking_budget or (cfg.default_thinking_budget
-                                         if entry.reasoning and provider_id == "anthropic"
-                                         else None)
+        effort, budget = reasoning_defaults(protocol, resolved.reasoning,
+                                            cfg.default_reasoning_effort,
+                                            cfg.default_thinking_budget)
+        effort = req.reasoning_effort or effort  # the run's own choice wins, field by field
+        budget = req.thinking_budget or budget
         spec = RunSpec(
             run_id=run_id, thread_id=thread_id, turn_id=turn_id, agent_id=req.agent_id,
-            provider_id=provider_id, model_id=model_id, prompt=req.prompt,
-            settings=RequestSettings(model_name=entry.provider_model, reasoning_effort=effort,
+            provider_id=provider_id, protocol=protocol, model_id=model_id, prompt=req.prompt,
+            settings=RequestSettings(model_name=resolved.wire_name, reasoning_effort=effort,
                                      thinking_budget=budget),
             history=tuple(await self.history(thread_id, tenant=tenant)) if req.thread_id
             else (),
+            traceparent=parse_traceparent(traceparent),
         )
         runner = ToolRunner(cfg.workspace_root, enabled=tools, timeout_s=cfg.tool_timeout_s,
                             output_cap=cfg.tool_output_cap,
@@ -237,7 +233,7 @@ class SubmissionService:
             meta: dict[str, str | int] = {
                 "thread_id": thread_id, "turn_id": turn_id, "status": "in_progress",
                 "node": self._node_id, "provider_id": provider_id, "model_id": model_id,
-                "tenant": tenant, "created_at": self._clock.now_ms()}
+                "protocol": protocol, "tenant": tenant, "created_at": self._clock.now_ms()}
             if req.agent_id:
                 meta["agent_id"] = req.agent_id
             await self._log.put_meta(run_id, meta)

@@ -4,6 +4,7 @@ hands back the services.
 Structure (one root nursery, nothing fire-and-forget)::
 
     open_runtime
+    ├── catalogue (CODY_CONFIG), read first: a bad file stops start-up  runtime/catalogue.py
     ├── embedded redis-server (unless CODY_REDIS_URL)     runtime/redis_server.py
     ├── store (SQLite, or PostgreSQL with CODY_STORE_URL)   runtime/store/
     └── root nursery
@@ -19,6 +20,7 @@ The services, what the API calls (and all it may call)::
     lifecycle    ready, drain
     admission    node, SSE and tenant limits (actors/admission.py)
     security     API keys -> tenants, signed events tokens (runtime/auth.py)
+    models       the catalogue's models and whether each provider's key is set
 
 Tests open as many runtimes side by side as they like, each with its own key prefix, data
 dir and store.
@@ -39,24 +41,29 @@ from actors.idempotency import IdempotencyRecords
 from actors.janitor import Janitor
 from actors.lifecycle import Lifecycle
 from actors.local_runs import LocalRuns
+from actors.models import ModelService
 from actors.node_tail import NodeTail
+from actors.observability import MeteredActorLog, MeteredProvider, MetricsService
 from actors.projector import Projector
 from actors.providers.fixtures import FixtureLibrary, default_fixtures_dir
-from actors.providers.live import open_live_providers
+from actors.providers.live import Endpoint, open_live_providers
 from actors.providers.provider import ModelProvider
 from actors.providers.replay import ReplayProvider
 from actors.reading import ReadingService
+from actors.run_listing import RunListingService
 from actors.submission import ActorLog, SubmissionService
 from actors.thread_policies import ThreadPolicies
 from actors.threads import ThreadService
 from actors.tools import hide_process_from_commands
 from runtime.auth import Security
+from runtime.catalogue import Catalogue, load_configured
 from runtime.clock import SystemClock, WallClock
 from runtime.config import RuntimeConfig
 from runtime.eventlog import EventLog, open_redis
 from runtime.group_commit import GroupCommitter
 from runtime.ids import new_uuid
 from runtime.keys import Keys
+from runtime.metrics import Metrics, ScrapeSources
 from runtime.redis_server import embedded_redis
 from runtime.store import Store, open_store
 from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise
@@ -75,6 +82,9 @@ class Services:
     lifecycle: Lifecycle
     admission: Admission
     security: Security
+    models: ModelService
+    listing: RunListingService
+    observability: MetricsService
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +96,8 @@ class CodyRuntime(Services):
     store: Store
     runs: LocalRuns
     projector: Projector | None
+    catalogue: Catalogue
+    metrics: Metrics
     node_id: str = ""
     """This node's id (its lease, its control stream, its runs' ``node`` in Redis)."""
     node_tail: NodeTail | None = None
@@ -93,16 +105,22 @@ class CodyRuntime(Services):
 
 
 @asynccontextmanager
-async def open_providers(config: RuntimeConfig) -> AsyncIterator[dict[str, ModelProvider]]:
-    """Replay mode plays fixtures for both providers; live mode has a client per key."""
+async def open_providers(config: RuntimeConfig, catalogue: Catalogue
+                         ) -> AsyncIterator[dict[str, ModelProvider]]:
+    """Every provider of the catalogue, the file's as well as the built-in ones, in the
+    server's mode: replay plays the fixtures for all of them; live has a client for each that
+    is ready (its key is set, or it needs none), speaking its protocol at its base URL with
+    its headers. A provider left out gets 400 PROVIDER_NOT_CONFIGURED naming its variable."""
     if config.replay:
         fixtures = FixtureLibrary(config.fixtures_dir or default_fixtures_dir())
         record = config.data_dir / "replay-requests.jsonl" if config.replay_record_requests \
             else None
         replay = ReplayProvider(fixtures, delay_s=config.replay_delay_s, record_path=record)
-        yield {"openai": replay, "anthropic": replay}
+        yield {pid: replay for pid in catalogue.providers}
         return
-    async with open_live_providers(config) as live:
+    env = config.provider_env()
+    endpoints = [Endpoint.from_spec(spec, env) for spec in catalogue.providers.values()]
+    async with open_live_providers(config, endpoints) as live:
         yield live
 
 
@@ -112,6 +130,12 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                        workers: Callable[[CodyRuntime], Sequence[ChildSpec]] | None = None,
                        supervisor: SupervisorOptions | None = None,
                        run_projector: bool = True) -> AsyncIterator[CodyRuntime]:
+    # first, before Redis, the store or the data dir: a malformed cody.toml stops start-up
+    catalogue = await trio.to_thread.run_sync(load_configured, config)
+    if config.replay and config.replay_auto and any(
+            catalogue.key_status(pid, config.provider_env()) == "set"
+            for pid in catalogue.providers):
+        config = config.model_copy(update={"replay": False})  # a file provider has its key
     store_file = config.effective_store_path
     secure_data_dir(config.data_dir, precreate=(store_file,) if config.store_url is None
                     and store_file.parent.is_dir() else ())
@@ -128,13 +152,16 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
         event_log = EventLog(writer, reader, Keys(config.key_prefix, config.persist_shards))
         store = await stack.enter_async_context(open_store(config))
         if providers is None:
-            providers = await stack.enter_async_context(open_providers(config))
+            providers = await stack.enter_async_context(open_providers(config, catalogue))
         node_id = new_uuid()
         clock = clock or SystemClock()
+        metrics = Metrics()
+        metered: dict[str, ModelProvider] = {k: MeteredProvider(p, metrics)
+                                             for k, p in providers.items()}
         async with trio.open_nursery() as root:
             committer = GroupCommitter(event_log)
             await root.start(committer.run)
-            runs = LocalRuns(await root.start(_hold_nursery))
+            runs = LocalRuns(await root.start(_hold_nursery), metrics)
             node_tail = NodeTail(event_log, node_id=node_id, local_actor=runs.get,
                                  subscriber_buffer=config.subscriber_buffer,
                                  poll_ms=config.tail_poll_ms)
@@ -157,17 +184,23 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             runtime = CodyRuntime(
                 config=config,
                 submission=SubmissionService(
-                    config, runs=runs, log_=event_log, store=store, providers=providers,
+                    config, runs=runs, log_=event_log, store=store, providers=metered,
                     clock=clock, node_id=node_id,
-                    actor_log=ActorLog(committer, event_log, on_end=policies.release),
+                    actor_log=MeteredActorLog(
+                        ActorLog(committer, event_log, on_end=policies.release), metrics),
                     reading=reading, admission=admission, policies=policies,
-                    idempotency=idempotency, node_tail=node_tail),
+                    idempotency=idempotency, catalogue=catalogue,
+                    provider_env=config.provider_env(), node_tail=node_tail),
                 reading=reading,
                 threads=ThreadService(runs=runs, store=store),
                 lifecycle=Lifecycle(runs=runs, log_=event_log, store=store),
                 admission=admission, security=security,
+                models=ModelService(catalogue, config.provider_env()),
+                listing=RunListingService(runs=runs, log_=event_log, store=store,
+                                          reading=reading, clock=clock),
+                observability=MetricsService(metrics, log_=event_log, clock=clock),
                 log=event_log, store=store, runs=runs, projector=projector,
-                node_id=node_id, node_tail=node_tail)
+                catalogue=catalogue, metrics=metrics, node_id=node_id, node_tail=node_tail)
             children: list[ChildSpec] = [
                 ChildSpec("node-tail", node_tail.run, RestartPolicy.PERMANENT)]
             if projector is not None:
@@ -180,6 +213,10 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             children.append(ChildSpec("thread-policies", policies.run, RestartPolicy.PERMANENT))
             if config.max_tenant_runs:
                 children.append(ChildSpec("admission", admission.run, RestartPolicy.PERMANENT))
+            metrics.attach(ScrapeSources(
+                runs_started=lambda: runs.stats.runs_started,
+                runs_live=lambda: len(runs.actors), slow_dropped=runs.slow_dropped,
+                janitor_endings=lambda: janitor.ended))
             if workers is not None:
                 children.extend(workers(runtime))
             if children:

@@ -29,6 +29,7 @@ from werkzeug.exceptions import HTTPException
 from actors.system import Services
 from api.auth import current_tenant, events_url, install_auth
 from api.bodies import read_json
+from api.console import register_console
 from api.cors import install_cors
 from api.errors import from_cody, from_http, from_unexpected
 from api.models import ThreadCreate, ThreadPatch
@@ -64,7 +65,8 @@ def create_app(services: Services) -> QuartTrio:
     app.config["RESPONSE_TIMEOUT"] = None  # SSE streams live as long as their run
     config = services.config
     submission, reading = services.submission, services.reading
-    threads, lifecycle = services.threads, services.lifecycle
+    threads, lifecycle, models = services.threads, services.lifecycle, services.models
+    observability = services.observability
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     max_body = config.max_body_bytes
@@ -89,7 +91,8 @@ def create_app(services: Services) -> QuartTrio:
         # the original response (its events_url signed afresh)
         key = check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
         body: TurnRequest = await _body(TurnRequest)
-        accepted, replayed = await submission.submit_idempotent(body, key, tenant=tenant)
+        accepted, replayed = await submission.submit_idempotent(
+            body, key, tenant=tenant, traceparent=request.headers.get("traceparent"))
         if security.enabled:
             accepted = accepted.model_copy(
                 update={"events_url": events_url(security, accepted.run_id, tenant)})
@@ -126,6 +129,7 @@ def create_app(services: Services) -> QuartTrio:
             return "", 204
 
         async def frames() -> AsyncIterator[bytes]:
+            observability.sse_client_opened()
             try:
                 yield STREAM_OPEN
                 while True:
@@ -139,6 +143,7 @@ def create_app(services: Services) -> QuartTrio:
             finally:
                 reader.close()  # unsubscribes at once, cancelled or not: no await needed
                 slot.release()
+                observability.sse_client_closed()
 
         body = frames()
         slot.tie_to(body)  # released even if the generator never runs
@@ -186,6 +191,12 @@ def create_app(services: Services) -> QuartTrio:
         await threads.delete(_check_id(thread_id, "thread_id"), tenant=current_tenant())
         return "", 204
 
+    # ------------------------------------------------------------------ models
+
+    @app.get("/api/v2/models")
+    async def list_models() -> Response:
+        return _json({"data": [m.model_dump(mode="json") for m in models.list_models()]})
+
     # ------------------------------------------------------------------ health
 
     @app.get("/api/v2/health")
@@ -199,6 +210,8 @@ def create_app(services: Services) -> QuartTrio:
         readiness = await lifecycle.ready()
         readiness.raise_unless_ready()
         return _json({"status": "ready", **readiness.as_dict()})
+
+    register_console(app, services)  # /, /console/*, GET /api/v2/runs, /metrics
 
     @app.get("/openapi.json")
     async def openapi() -> Response:

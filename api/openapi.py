@@ -14,7 +14,10 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from api.console import console_paths
 from api.models import ErrorBody, ThreadCreate, ThreadPatch
+from runtime.catalogue import ModelInfo
+from runtime.runs_listing import RunPage
 from runtime.schema import Response, StreamEvent
 from runtime.store import Thread
 from runtime.turns import TurnAccepted, TurnRequest
@@ -44,7 +47,8 @@ def _errors(*codes: int) -> dict[str, Any]:
 @cache
 def openapi_document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [TurnRequest, TurnAccepted, Response, StreamEvent, Thread,
-                                     ThreadCreate, ThreadPatch, ErrorBody]
+                                     ThreadCreate, ThreadPatch, ErrorBody, ModelInfo,
+                                     RunPage]
     _, defs = models_json_schema([(m, "validation") for m in models],
                                  ref_template="#/components/schemas/{model}")
     schemas = defs.get("$defs", {})
@@ -141,12 +145,22 @@ def openapi_document() -> dict[str, Any]:
                                     **_errors(400, 404, 413)}},
             "delete": {"summary": "Delete a thread and its runs", "parameters": [thread_id],
                        "responses": {"204": {"description": "Deleted"}, **_errors(400, 404)}}},
+        "/api/v2/models": {"get": {
+            "summary": "The models this server serves (the catalogue: built-ins and "
+                       "CODY_CONFIG), each with its provider's protocol and whether the "
+                       "server has the provider's key",
+            "responses": {"200": {"description": "Models", "content": _json_content(
+                {"type": "object", "required": ["data"], "properties": {
+                    "data": {"type": "array", "items": _ref("ModelInfo")}}})}}}},
         "/api/v2/health": {"get": {"summary": "Liveness",
                                    "responses": {"200": {"description": "alive"}}}},
         "/api/v2/ready": {"get": {"summary": "Readiness (Redis and store reachable)",
                                   "responses": {"200": {"description": "ready"},
                                                 **_errors(503)}}},
     }
+    for path, ops in console_paths().items():  # -- console
+        paths.setdefault(path, {}).update(ops)
+    open_routes.add("/")  # the console's page: it asks for a key itself
     _secure(paths, open_routes)
     paths["/api/v2/runs/{run_id}/events"]["get"]["parameters"].append(
         {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},

@@ -139,9 +139,10 @@ async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = Non
             nursery.start_soon(_watch_signals, signals, draining)
             async with open_runtime(config,
                                     workers=lambda rt: [http_worker(rt, stop)]) as runtime:
-                mode = "replay" if config.replay else "live"
-                log.info("cody serving on http://%s:%d (%s mode, redis %s)", config.host,
-                         config.port, mode, config.redis_url or "embedded")
+                mode = "replay" if runtime.config.replay else "live"  # a key may decide
+                log.info("cody serving on http://%s:%d (%s mode, redis %s, catalogue %s)",
+                         config.host, config.port, mode, config.redis_url or "embedded",
+                         runtime.models.catalogue.source or "built-in")
                 if announce:
                     print(f"cody: serving on http://{config.host}:{config.port} ({mode} mode)",
                           flush=True)

@@ -48,15 +48,21 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, ConfigDict
+
 from runtime.errors import InvalidModel, ProviderNotConfigured, UnknownProvider, ValidationFailed
+
+if TYPE_CHECKING:
+    from runtime.config import RuntimeConfig
 
 PROTOCOL_NAMES: tuple[str, ...] = ("openai-responses", "anthropic-messages", "openai-chat")
 """The wire protocols (actors/providers/protocols.py has their normalisers and builders)."""
 
 KeyStatus = Literal["set", "missing", "not needed"]
+Effort = Literal["low", "medium", "high"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
@@ -102,6 +108,35 @@ class Resolved:
     wire_name: str
     """The model name sent to the provider."""
     reasoning: bool
+
+
+class ModelInfo(BaseModel):
+    """One model this server serves, as ``GET /api/v2/models`` and ``cody models`` list it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    """The id clients send as ``model``."""
+    provider: str
+    name: str
+    """The provider's model name, sent on the wire."""
+    protocol: str
+    reasoning: bool
+    """Whether reasoning/thinking is requested by default (a run may still ask for it)."""
+    key: KeyStatus
+    """Whether the provider's key is in the server's environment (never the key)."""
+
+
+def reasoning_defaults(protocol: str, reasoning: bool, effort: Effort, budget: int
+                       ) -> tuple[Effort | None, int | None]:
+    """The ``(reasoning_effort, thinking_budget)`` a run gets when it asks for neither: the
+    OpenAI protocols take an effort, Anthropic's a thinking budget, and only for a model whose
+    catalogue entry asks for reasoning by default."""
+    if not reasoning:
+        return None, None
+    if protocol == "anthropic-messages":
+        return None, budget
+    return effort, None
 
 
 def builtin_providers(env: Mapping[str, str]) -> dict[str, ProviderSpec]:
@@ -194,7 +229,14 @@ class Catalogue:
                                details={"field": "model"})
         return first
 
-    # ------------------------------------------------------------------ keys
+    # ------------------------------------------------------------------ listing and keys
+
+    def listing(self, env: Mapping[str, str]) -> list[ModelInfo]:
+        """Every catalogue model, in order, with its provider's protocol and key status."""
+        return [ModelInfo(id=m.id, provider=m.provider, name=m.name,
+                          protocol=self.providers[m.provider].protocol, reasoning=m.reasoning,
+                          key=self.key_status(m.provider, env))
+                for m in self.models.values()]
 
     def key_status(self, provider_id: str, env: Mapping[str, str]) -> KeyStatus:
         """Whether the provider's key is in ``env`` (for ``cody models``, never the key)."""
@@ -248,6 +290,37 @@ def load_catalogue(path: Path, env: Mapping[str, str], *, required: bool = False
         raise ValidationFailed(f"{path}: cannot read it: {exc}",
                                details={"file": str(path), "line": None, "field": None}) from exc
     return parse_catalogue(text, str(path), env, default_model=default_model)
+
+
+def load_configured(config: RuntimeConfig) -> Catalogue:
+    """The catalogue a runtime serves: ``config``'s file (``CODY_CONFIG``, else
+    ``<data dir>/cody.toml`` if it exists) over the built-ins, with its default model, checked
+    as a whole so that a mistake stops start-up rather than a run.
+
+    Raises:
+        ValidationFailed: the file is missing (when named), unreadable or malformed (naming
+            file, line and field); ``CODY_DEFAULT_MODEL`` / ``CODY_DEFAULT_PROVIDER`` name no
+            model this catalogue serves; ``CODY_EXEC_ENV_ALLOW`` passes a provider's key
+            variable to ``exec`` commands.
+    """
+    env = config.provider_env()
+    cat = load_catalogue(config.effective_config_path, env,
+                         required=config.config_path is not None)
+    setting, default = "CODY_DEFAULT_MODEL", config.default_model
+    try:
+        if default is None and config.default_provider is not None:
+            setting = "CODY_DEFAULT_PROVIDER"
+            default = cat.resolve(None, config.default_provider).model_id
+        cat = replace(cat, default_model=default or DEFAULT_MODEL)
+        cat.resolve(None)
+    except (UnknownProvider, InvalidModel) as exc:
+        raise ValidationFailed(f"{setting}: {exc.message}", details={"field": setting}) from None
+    for spec in cat.providers.values():
+        if spec.api_key_env is not None and spec.api_key_env in config.exec_env:
+            raise ValidationFailed(f"CODY_EXEC_ENV_ALLOW: {spec.api_key_env} holds the key of "
+                                   f"provider {spec.id!r}",
+                                   details={"field": "CODY_EXEC_ENV_ALLOW"})
+    return cat
 
 
 def parse_catalogue(text: str, source: str, env: Mapping[str, str], *,

@@ -16,29 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.errors import ValidationFailed
 
-ProviderId = Literal["openai", "anthropic"]
 STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
-
-
-class ModelEntry(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    provider: ProviderId
-    provider_model: str
-    """The provider's own model name, sent on the wire."""
-    reasoning: bool = False
-    """Whether reasoning/thinking is requested by default for this model."""
-
-
-DEFAULT_MODELS: dict[str, ModelEntry] = {
-    "gpt-5-mini": ModelEntry(provider="openai", provider_model="gpt-5-mini"),
-    "gpt-5-codex": ModelEntry(provider="openai", provider_model="gpt-5-codex", reasoning=True),
-    "claude-haiku-4.5": ModelEntry(provider="anthropic", provider_model="claude-haiku-4-5"),
-    "claude-sonnet-4.5": ModelEntry(provider="anthropic", provider_model="claude-sonnet-4-5",
-                                    reasoning=True),
-}
-
-DEFAULT_PROVIDER_MODEL: dict[str, str] = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4.5"}
 
 EXEC_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "TERM")
 """The server's variables an ``exec`` command sees (plus ``CODY_EXEC_ENV_ALLOW``); nothing else."""
@@ -88,9 +66,21 @@ class RuntimeConfig(BaseModel):
     openai_base_url: str = "https://api.openai.com/v1"
     anthropic_api_key: str | None = None
     anthropic_base_url: str = "https://api.anthropic.com"
-    models: dict[str, ModelEntry] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
-    default_provider: ProviderId = "openai"
-    default_model: str = "gpt-5-mini"
+    # -- catalogue (runtime/catalogue.py: the providers and models are there, not here)
+    config_path: Path | None = None
+    """``CODY_CONFIG``: the catalogue file; None: ``data_dir / "cody.toml"``, which need not
+    exist (a path the user named must)."""
+    default_model: str | None = None
+    """The model of a run that names neither model nor provider: a catalogue id or
+    ``<provider>/<name>``; None: ``default_provider``'s default model, else gpt-5-mini."""
+    default_provider: str | None = None
+    """With no ``default_model``: the provider whose default model such a run gets."""
+    replay_auto: bool = False
+    """``replay`` was chosen by default (no ``CODY_REPLAY``, ``--replay`` or ``--live``): the
+    factory then also goes live when the key of a provider of the catalogue file is set."""
+    environ: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
+    """The environment the catalogue's providers read their keys from (the variables that
+    ``api_key_env`` names are only known once the file is read); never shown or dumped."""
     provider_connect_timeout_s: float = 10.0
     provider_idle_timeout_s: float = 60.0
     provider_max_retries: int = 3
@@ -199,6 +189,22 @@ class RuntimeConfig(BaseModel):
         return self.store_path or self.data_dir / "cody.db"
 
     @property
+    def effective_config_path(self) -> Path:
+        return self.config_path or self.data_dir / "cody.toml"
+
+    def provider_env(self) -> dict[str, str]:
+        """What the catalogue reads keys and the built-in base URLs from: ``environ``, with
+        this config's own OpenAI / Anthropic settings over it (tests set those directly)."""
+        env = dict(self.environ)
+        for var, value in (("OPENAI_API_KEY", self.openai_api_key),
+                           ("OPENAI_BASE_URL", self.openai_base_url),
+                           ("ANTHROPIC_API_KEY", self.anthropic_api_key),
+                           ("ANTHROPIC_BASE_URL", self.anthropic_base_url)):
+            if value:
+                env[var] = value
+        return env
+
+    @property
     def effective_tools(self) -> tuple[str, ...]:
         tools = [t for t in self.enabled_tools if t != "exec"]
         if self.exec_enabled:
@@ -273,6 +279,8 @@ class RuntimeConfig(BaseModel):
         put("ending_deadline_s", "CODY_ENDING_DEADLINE_S", float)
         put("default_provider", "CODY_DEFAULT_PROVIDER")
         put("default_model", "CODY_DEFAULT_MODEL")
+        put("config_path", "CODY_CONFIG", Path)
+        values["environ"] = e
         put("exec_user", "CODY_EXEC_USER")
         put("exec_cpu_s", "CODY_EXEC_CPU_S", int)
         put("exec_memory_mb", "CODY_EXEC_MEMORY_MB", int)
@@ -293,8 +301,11 @@ class RuntimeConfig(BaseModel):
             values["replay"] = replay_env.lower() in ("1", "true", "yes", "on")
         else:
             values["replay"] = not (e.get("OPENAI_API_KEY") or e.get("ANTHROPIC_API_KEY"))
+            values["replay_auto"] = True
         _security_from_env(e, values, put)
         values.update(overrides)
+        if "replay" in overrides:  # --replay / --live
+            values["replay_auto"] = False
         return cls.model_validate(values)
 
 

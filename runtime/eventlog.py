@@ -777,3 +777,30 @@ class EventLog:
                     continue
                 trimmed += await self._w.xtrim(stream, PureToken.MINID, floor[0])
         return trimmed
+
+    # -- console: the projector's lag, for /metrics
+
+    async def oldest_unpersisted_ms(self) -> int | None:
+        """The time (ms, from its entry id) of the oldest checkpoint no projector has acked:
+        the oldest pending one, or the first one after the group's last-delivered id; over
+        every shard. ``None``: nothing waits. Three small commands per shard, for a scrape."""
+        group = self.keys.projector_group
+        oldest: int | None = None
+        with map_redis_errors():
+            for stream in self.keys.persist_streams:
+                candidates: list[int] = []
+                summary = await self._w.xpending(stream, group)
+                minimum = getattr(summary, "minimum_identifier", None)
+                if isinstance(minimum, bytes | str):
+                    candidates.append(entry_key(_s(minimum))[0])
+                delivered = "0-0"
+                for info in await self._w.xinfo_groups(stream):
+                    last = info.get(b"last-delivered-id")
+                    if info.get(b"name") == group.encode() and isinstance(last, bytes):
+                        delivered = last.decode()
+                after = await self._w.xrange(stream, f"({delivered}", "+", count=1)
+                if after:
+                    candidates.append(entry_key(_s(after[0].identifier))[0])
+                if candidates and (oldest is None or min(candidates) < oldest):
+                    oldest = min(candidates)
+        return oldest

@@ -20,7 +20,8 @@ from typing import Any, Literal
 from actors.providers.base import StreamNormaliser
 from actors.providers.fixtures import Fixture, load_fixture
 from actors.providers.settings import RequestSettings
-from runtime.config import DEFAULT_MODELS, RuntimeConfig
+from runtime.catalogue import BUILTIN_MODELS
+from runtime.config import RuntimeConfig
 from runtime.errors import RedisUnavailable
 from runtime.ids import new_traceparent, new_uuid, prompt_item_id
 from runtime.schema import (
@@ -100,12 +101,12 @@ def request_settings(fx: Fixture) -> RequestSettings:
             fx.model)
         return RequestSettings(model_name=resolved.wire_name,
                                reasoning_effort="medium" if resolved.reasoning else None)
-    entry = DEFAULT_MODELS[fx.model]
+    entry = BUILTIN_MODELS[fx.model]
     if fx.provider == "openai":
-        return RequestSettings(model_name=entry.provider_model,
+        return RequestSettings(model_name=entry.name,
                                reasoning_effort="medium" if entry.reasoning else None)
     return RequestSettings(
-        model_name=entry.provider_model,
+        model_name=entry.name,
         thinking_budget=RuntimeConfig().default_thinking_budget if entry.reasoning else None)
 
 

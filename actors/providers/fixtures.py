@@ -106,9 +106,20 @@ class FixtureLibrary:
         self.fixtures: dict[tuple[str, str], Fixture] = {}
         self._by_prompt: dict[tuple[str, str, str], Fixture] = {}
         self._defaults: dict[tuple[str, str], Fixture] = {}
+        self._by_wire: dict[tuple[str, str], str] = {}
+        self._any_model: dict[tuple[str, str], Fixture] = {}
+        self._fallback: dict[str, Fixture] = {}
         for manifest in sorted(root.glob("*/*/fixture.json")):
             fx = load_fixture(manifest.parent)
             self.fixtures[(fx.provider, fx.name)] = fx
+            if fx.exchanges:
+                wire = fx.exchanges[0].request.get("model")
+                self._by_wire.setdefault((fx.provider, str(wire)), fx.model)
+            if fx.after is None:
+                self._any_model.setdefault((fx.provider, fx.prompt), fx)
+            if fx.default and (fx.provider not in self._fallback or
+                               fx.name == "simple_message"):
+                self._fallback[fx.provider] = fx
             self._by_prompt.setdefault((fx.provider, fx.model, fx.prompt), fx)
             if fx.default:
                 self._defaults[(fx.provider, fx.model)] = fx
@@ -116,10 +127,25 @@ class FixtureLibrary:
     def get(self, provider: str, name: str) -> Fixture:
         return self.fixtures[(provider, name)]
 
-    def select(self, provider: str, model: str, prompt: str) -> Fixture | None:
-        """The fixture recorded for this prompt, else that provider and model's default."""
-        return self._by_prompt.get((provider, model, prompt)) or self._defaults.get(
+    def select(self, provider: str, model: str, prompt: str, wire_model: str | None = None
+               ) -> Fixture | None:
+        """The fixture recorded for this prompt, else that provider and model's default.
+
+        ``model`` is Cody's model id. A model with no recordings of its own (one named
+        ``<provider>/<name>``, or a catalogue model of the file) plays those of the model
+        recorded under the same wire name (``wire_model``, the name the request sends), else
+        the provider's recording of this prompt on any model, else the provider's default
+        (its ``simple_message``), so that a replay server answers ``openai/gpt-4.1`` too. None
+        only for a provider with no recordings at all."""
+        found = self._by_prompt.get((provider, model, prompt)) or self._defaults.get(
             (provider, model))
+        if found is not None:
+            return found
+        if wire_model is not None:
+            recorded = self._by_wire.get((provider, wire_model))
+            if recorded is not None and recorded != model:
+                return self.select(provider, recorded, prompt)
+        return self._any_model.get((provider, prompt)) or self._fallback.get(provider)
 
     def __iter__(self) -> Iterator[Fixture]:
         return iter(self.fixtures.values())

@@ -60,7 +60,7 @@ import trio
 
 from actors.providers.provider import ModelProvider, ProviderCall
 from actors.providers.provider_errors import classify, redact
-from runtime.catalogue import ProviderSpec
+from runtime.catalogue import ProviderSpec, builtin_providers
 from runtime.config import RuntimeConfig
 from runtime.errors import (
     CONTEXT_TOO_LONG,
@@ -256,8 +256,9 @@ class HttpProvider:
         attempt = 0
         client = self._client_for(call.run_id)
         while True:
-            request = client.build_request("POST", self.url, json=call.body,
-                                           headers=self._headers)
+            headers = self._headers if call.traceparent is None else \
+                {**self._headers, "traceparent": call.traceparent}
+            request = client.build_request("POST", self.url, json=call.body, headers=headers)
             try:
                 response = await client.send(request, stream=True)
             except httpx.TransportError as exc:
@@ -321,13 +322,10 @@ class HttpProvider:
 
 
 def builtin_endpoints(config: RuntimeConfig) -> list[Endpoint]:
-    """The built-in providers with the keys and base URLs of ``config``."""
-    return [
-        Endpoint("openai", "openai-responses", config.openai_base_url, config.openai_api_key,
-                 "OPENAI_API_KEY"),
-        Endpoint("anthropic", "anthropic-messages", config.anthropic_base_url,
-                 config.anthropic_api_key, "ANTHROPIC_API_KEY"),
-    ]
+    """The built-in providers of the catalogue with the keys and base URLs of ``config`` (the
+    runtime passes every provider of its catalogue instead, the file's included)."""
+    env = config.provider_env()
+    return [Endpoint.from_spec(spec, env) for spec in builtin_providers(env).values()]
 
 
 @asynccontextmanager

@@ -25,6 +25,9 @@ class ProviderCall:
     """0-based index of this model request within the turn's tool loop."""
     body: dict[str, Any]
     """The provider request body, in the provider's own format."""
+    traceparent: str | None = None
+    """W3C trace context for the request (a child span of the run's trace): a live provider
+    sends it as the ``traceparent`` header."""
 
 
 class ModelProvider(Protocol):

@@ -71,7 +71,9 @@ class ReplayProvider:
 
     @asynccontextmanager
     async def stream(self, call: ProviderCall) -> AsyncIterator[AsyncIterator[bytes]]:
-        fixture = self.library.select(call.provider_id, call.model_id, call.prompt)
+        wire = call.body.get("model")
+        fixture = self.library.select(call.provider_id, call.model_id, call.prompt,
+                                      wire if isinstance(wire, str) else None)
         if fixture is None:
             raise ProviderError(
                 f"no recorded stream for provider {call.provider_id!r} model {call.model_id!r}",

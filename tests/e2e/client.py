@@ -80,7 +80,8 @@ def sent_requests(server: Any, prompt: str, provider: str | None = None
                   ) -> list[dict[str, Any]]:
     """The provider request bodies a turn sent, in order: from the replay provider's record
     (replay mode) or from what the fake provider server received (live mode); only those of
-    ``provider`` when given (a shared server has both providers' turns on record)."""
+    ``provider`` when given, by the API they went to (``openai``, ``anthropic``,
+    ``openai-chat``; a shared server has every provider's turns on record)."""
     fake = getattr(server, "fake", None)
     if fake is not None:
         bodies = [r.body for r in fake.requests]
@@ -91,7 +92,8 @@ def sent_requests(server: Any, prompt: str, provider: str | None = None
 
     out = []
     for body in bodies:
-        sent_to = "openai" if "input" in body else "anthropic"
+        sent_to = ("openai" if "input" in body else
+                   "openai-chat" if "stream_options" in body else "anthropic")
         if provider not in (None, sent_to):
             continue
         if turn_position(sent_to, body)[0] == prompt:

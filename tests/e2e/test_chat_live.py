@@ -4,8 +4,9 @@ real tools and the reducer, against the fake provider server streaming the recor
 over loopback HTTP.
 
 The driver below does for one turn what the run actor does (request, stream, normalise, tools,
-next request, usage totals); the run actor and ``POST /runs`` take over once the catalogue is
-wired into submission.
+next request, usage totals), so that the protocol's pieces are checked on their own; the same
+recordings through ``cody serve``, its run actors and ``POST /runs`` are in
+tests/e2e/test_chat_conditions.py.
 """
 
 from __future__ import annotations

@@ -18,9 +18,8 @@ from tests.e2e.server import ServerProcess
 from tests.harness import response_view
 
 LIBRARY = FixtureLibrary()
-#: The built-in providers' recordings. The openai-chat ones (provider ``local``) need the
-#: catalogue wired into submission to run through the server (issue 13, second round); until
-#: then tests/e2e/test_chat_live.py plays every one of them live over HTTP.
+#: The built-in providers' recordings. The openai-chat ones (provider ``local``, which needs a
+#: cody.toml) run through a server of their own in tests/e2e/test_chat_conditions.py.
 SERVED = [fx for fx in LIBRARY if fx.provider in ("openai", "anthropic")]
 SINGLE_TURN = [fx for fx in SERVED if fx.after is None]
 

@@ -79,6 +79,12 @@ async def test_wheel_installed_in_a_fresh_venv_serves_a_replay_run(tmp_path: Pat
             async with make_client(server.base_url) as client:
                 accepted = await submit(client, prompt="Say hello.", model="gpt-5-mini")
                 streamed = await stream(client, accepted["run_id"])
+                # the web console ships as package data ([tool.setuptools.package-data])
+                for path, marker in (("/", "Cody console"),
+                                     ("/console/console.js", "EventSource"),
+                                     ("/console/console.css", "--accent")):
+                    r = await client.get(path)
+                    assert r.status_code == 200 and marker in r.text, path
         assert streamed.events[-1].type == "response_done"
         response = streamed.reduce()
         assert response.status == "complete"

@@ -321,6 +321,8 @@ async def test_a_queue_behind_a_dead_nodes_run_moves_on(redis_url: str, key_pref
                         janitor_interval_s=0.2, lease_ttl_s=1) as (rt, _):
             dead = ThreadPolicies(rt.log._w, rt.log.keys, node_id="dead-node",
                                   find_actor=lambda _: None)
+            # the node dies 3 s from now (its lease runs out): until then its run is queued
+            await rt.log.refresh_lease("dead-node", 3)
             await rt.log.put_meta(dead_run, {"thread_id": thread, "turn_id": str(uuid.uuid4()),
                                              "status": "in_progress", "node": "dead-node",
                                              "provider_id": "openai", "model_id": "gpt-5-mini"})
@@ -351,6 +353,8 @@ async def test_a_queued_run_of_a_dead_node_does_not_stall_the_queue(
             first = await rt.submission.submit(TurnRequest.model_validate(body()))
             dead = ThreadPolicies(rt.log._w, rt.log.keys, node_id="dead-node",
                                   find_actor=lambda _: None)
+            # the node dies 3 s from now (its lease runs out): until then its run is queued
+            await rt.log.refresh_lease("dead-node", 3)
             await rt.log.put_meta(dead_run, {
                 "thread_id": first.thread_id, "turn_id": str(uuid.uuid4()), "status": "queued",
                 "node": "dead-node", "provider_id": "openai", "model_id": "gpt-5-mini",

@@ -23,7 +23,8 @@ from actors.providers.anthropic_request import build_anthropic_request
 from actors.providers.fixtures import Fixture, FixtureLibrary
 from actors.providers.settings import RequestSettings
 from actors.tools import BUILTIN_TOOLS
-from runtime.config import DEFAULT_MODELS, RuntimeConfig
+from runtime.catalogue import BUILTIN_MODELS
+from runtime.config import RuntimeConfig
 from runtime.schema import OUTPUT_ITEM_ADAPTER, OutputItem
 from runtime.sse import SSEDecoder, SSEMessage
 from tests.unit.test_anthropic_request import validate_request
@@ -159,9 +160,9 @@ def _history(fx: Fixture) -> list[OutputItem]:
 def test_requests_are_what_the_run_actor_would_send(fx: Fixture) -> None:
     """Request N carries the history, the prompt and everything the turn produced before it,
     with the settings the runtime uses for the model by default."""
-    entry = DEFAULT_MODELS[fx.model]
+    entry = BUILTIN_MODELS[fx.model]
     settings = RequestSettings(
-        model_name=entry.provider_model,
+        model_name=entry.name,
         thinking_budget=RuntimeConfig().default_thinking_budget if entry.reasoning else None)
     tools = [BUILTIN_TOOLS[t] for t in fx.tools]
     items = [OUTPUT_ITEM_ADAPTER.validate_python(i) for i in fx.expected["output_items"]]

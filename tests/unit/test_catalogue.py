@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from runtime.catalogue import (
-    BUILTIN_MODELS,
     PROTOCOL_NAMES,
     Catalogue,
     ModelSpec,
@@ -17,7 +16,6 @@ from runtime.catalogue import (
     load_catalogue,
     parse_catalogue,
 )
-from runtime.config import DEFAULT_MODELS
 from runtime.errors import InvalidModel, ProviderNotConfigured, UnknownProvider, ValidationFailed
 
 #: The file of issue 13, verbatim.
@@ -61,11 +59,6 @@ def test_built_ins_need_no_file(tmp_path: Path) -> None:
         builtin=True)
     assert list(cat.models) == ["gpt-5-mini", "gpt-5-codex", "claude-haiku-4.5",
                                 "claude-sonnet-4.5"]
-
-
-def test_built_in_models_are_those_of_the_runtime_config() -> None:
-    assert {m.id: (m.provider, m.name, m.reasoning) for m in BUILTIN_MODELS.values()} == {
-        mid: (e.provider, e.provider_model, e.reasoning) for mid, e in DEFAULT_MODELS.items()}
 
 
 def test_built_in_base_urls_come_from_the_sdk_variables() -> None:
@@ -338,3 +331,130 @@ def test_key_status_and_missing_key_variable() -> None:
                                   "api_key_env": "LOCAL_API_KEY"}
     assert "LOCAL_API_KEY" in info.value.message
     assert "sk-test-1" not in repr(cat)  # the catalogue never holds a key
+
+
+# --------------------------------------------------------------------------- in a runtime
+
+
+def configured(tmp_path: Path, text: str | None = None, **settings: object) -> Catalogue:
+    from runtime.catalogue import load_configured
+    from runtime.config import RuntimeConfig
+
+    if text is not None:
+        (tmp_path / "cody.toml").write_text(text)
+    return load_configured(RuntimeConfig(data_dir=tmp_path, **settings))  # type: ignore[arg-type]
+
+
+def test_the_runtime_reads_cody_toml_from_its_data_dir(tmp_path: Path) -> None:
+    assert configured(tmp_path) == builtin_catalogue({})  # no file: the built-ins
+    cat = configured(tmp_path, ISSUE_FILE)
+    assert cat.source == str(tmp_path / "cody.toml") and "qwen" in cat.models
+
+
+def test_cody_config_names_the_file(tmp_path: Path) -> None:
+    from runtime.config import RuntimeConfig
+
+    other = tmp_path / "elsewhere.toml"
+    other.write_text(ISSUE_FILE)
+    cfg = RuntimeConfig.from_env({"CODY_DATA_DIR": str(tmp_path / "d"),
+                                  "CODY_CONFIG": str(other), "LOCAL_API_KEY": "sk-loc-7f3a"})
+    assert cfg.effective_config_path == other
+    assert "sk-loc-7f3a" not in repr(cfg) and "environ" not in cfg.model_dump()
+    from runtime.catalogue import load_configured
+
+    cat = load_configured(cfg)
+    assert cat.source == str(other)
+    assert cat.key_status("local", cfg.provider_env()) == "set"
+
+
+def test_the_configs_keys_and_base_urls_reach_the_built_ins(tmp_path: Path) -> None:
+    from runtime.config import RuntimeConfig
+
+    cfg = RuntimeConfig(data_dir=tmp_path, openai_api_key="sk-1",
+                        anthropic_base_url="http://gw:1")
+    cat = configured(tmp_path, openai_api_key="sk-1", anthropic_base_url="http://gw:1")
+    assert cat.providers["anthropic"].base_url == "http://gw:1"
+    assert [m.key for m in cat.listing(cfg.provider_env())] == ["set", "set", "missing",
+                                                                "missing"]
+
+
+def test_default_model_and_provider_settings(tmp_path: Path) -> None:
+    assert configured(tmp_path).resolve(None).model_id == "gpt-5-mini"
+    assert configured(tmp_path, default_provider="anthropic").resolve(None).model_id == \
+        "claude-haiku-4.5"
+    cat = configured(tmp_path, ISSUE_FILE, default_model="local/qwen3-32b")
+    assert (cat.resolve(None).provider.id, cat.resolve(None).wire_name) == ("local",
+                                                                            "qwen3-32b")
+    assert configured(tmp_path, ISSUE_FILE, default_provider="local").resolve(
+        None).model_id == "qwen"
+    for settings, field in (({"default_model": "gpt-2"}, "CODY_DEFAULT_MODEL"),
+                            ({"default_provider": "mistral"}, "CODY_DEFAULT_PROVIDER")):
+        with pytest.raises(ValidationFailed) as info:
+            configured(tmp_path, **settings)
+        assert info.value.details == {"field": field}
+        assert info.value.message.startswith(field + ": ")
+
+
+def test_a_providers_key_variable_is_never_passed_to_exec(tmp_path: Path) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        configured(tmp_path, ISSUE_FILE, exec_env={"PATH": "/bin", "LOCAL_API_KEY": "x"})
+    assert info.value.message == ("CODY_EXEC_ENV_ALLOW: LOCAL_API_KEY holds the key of "
+                                  "provider 'local'")
+
+
+def test_a_malformed_file_is_a_start_up_error_naming_file_line_field(tmp_path: Path) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        configured(tmp_path, '[providers.local]\nprotocol = "grpc"\nbase_url = "http://h"\n')
+    assert info.value.details == {"file": str(tmp_path / "cody.toml"), "line": 2,
+                                  "field": "providers.local.protocol"}
+
+
+def test_listing_shows_key_status_never_keys() -> None:
+    cat = parse(ISSUE_FILE + '[providers.open]\nprotocol = "openai-chat"\n'
+                'base_url = "http://h/v1"\n[models.o]\nprovider = "open"\nname = "o-1"\n'
+                'reasoning = true\n')
+    env = {"OPENAI_API_KEY": "sk-secret"}
+    listing = cat.listing(env)
+    assert [(m.id, m.provider, m.protocol, m.key) for m in listing] == [
+        ("gpt-5-mini", "openai", "openai-responses", "set"),
+        ("gpt-5-codex", "openai", "openai-responses", "set"),
+        ("claude-haiku-4.5", "anthropic", "anthropic-messages", "missing"),
+        ("claude-sonnet-4.5", "anthropic", "anthropic-messages", "missing"),
+        ("qwen", "local", "openai-chat", "missing"),
+        ("o", "open", "openai-chat", "not needed")]
+    assert "sk-secret" not in str([m.model_dump() for m in listing])
+
+
+@pytest.mark.parametrize(("protocol", "reasoning", "expected"), [
+    ("openai-responses", True, ("medium", None)),
+    ("openai-chat", True, ("medium", None)),
+    ("anthropic-messages", True, (None, 2048)),
+    ("openai-chat", False, (None, None)),
+    ("anthropic-messages", False, (None, None)),
+])
+def test_reasoning_defaults_by_protocol(protocol: str, reasoning: bool,
+                                        expected: tuple[str | None, int | None]) -> None:
+    from runtime.catalogue import reasoning_defaults
+
+    assert reasoning_defaults(protocol, reasoning, "medium", 2048) == expected
+
+
+def test_replay_plays_a_model_without_recordings_of_its_own() -> None:
+    """By the wire name first (``local/Qwen/Qwen3-8B`` is qwen3-8b's), then the provider's
+    recording of the prompt, then the provider's simple_message; nothing for a provider
+    with no recordings."""
+    from actors.providers.fixtures import FixtureLibrary
+
+    library = FixtureLibrary()
+    reasoning = library.get("local", "reasoning_message")  # gpt-oss-20b's default
+    assert library.select("local", "local/openai/gpt-oss-20b", "Any prompt",
+                          "openai/gpt-oss-20b") is reasoning
+    simple = library.get("local", "simple_message")
+    assert library.select("local", "local/unknown", simple.prompt, "unknown") is simple
+    tools = library.get("openai", "tool_read_file")
+    assert library.select("openai", "openai/gpt-4.1", tools.prompt, "gpt-4.1") is tools
+    assert library.select("openai", "openai/gpt-4.1", "Anything", "gpt-4.1") is \
+        library.get("openai", "simple_message")
+    assert library.select("anthropic", "opus", "Anything", "claude-opus-4-5") is \
+        library.get("anthropic", "simple_message")
+    assert library.select("mine", "mine/m", "Anything", "m") is None

@@ -22,7 +22,7 @@ from actors.providers.fixtures import Fixture, FixtureLibrary
 from actors.providers.openai_request import build_openai_request
 from actors.providers.settings import RequestSettings
 from actors.tools import BUILTIN_TOOLS
-from runtime.config import DEFAULT_MODELS
+from runtime.catalogue import BUILTIN_MODELS
 from runtime.schema import OUTPUT_ITEM_ADAPTER, OutputItem
 from runtime.sse import SSEDecoder
 from tests.unit.wire_checks import sdk_accepts
@@ -121,8 +121,8 @@ def _history(fx: Fixture) -> list[OutputItem]:
 @pytest.mark.parametrize("fx", OPENAI, ids=_id)
 def test_requests_are_what_the_run_actor_would_send(fx: Fixture) -> None:
     """Request N carries the history, the prompt and everything the turn produced before it."""
-    entry = DEFAULT_MODELS[fx.model]
-    settings = RequestSettings(model_name=entry.provider_model,
+    entry = BUILTIN_MODELS[fx.model]
+    settings = RequestSettings(model_name=entry.name,
                                reasoning_effort="medium" if entry.reasoning else None)
     tools = [BUILTIN_TOOLS[t] for t in fx.tools]
     items = [OUTPUT_ITEM_ADAPTER.validate_python(i) for i in fx.expected["output_items"]]

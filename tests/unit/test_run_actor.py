@@ -168,8 +168,8 @@ class RecordedTools:
 def actor_for(fx: Fixture, log: MemoryLog, provider: ScriptedProvider | None = None, *,
               tools: RecordedTools | None = None, limits: RunLimits = LIMITS) -> RunActor:
     spec = RunSpec(run_id=new_uuid(), thread_id=new_uuid(), turn_id=new_uuid(), agent_id=None,
-                   provider_id=fx.provider, model_id=fx.model, prompt=fx.prompt,
-                   settings=request_settings(fx), history=())
+                   provider_id=fx.provider, protocol=fx.protocol, model_id=fx.model,
+                   prompt=fx.prompt, settings=request_settings(fx), history=())
     return RunActor(spec, log_=log, provider=provider or ScriptedProvider(fx),  # type: ignore[arg-type]
                     tools=tools or RecordedTools(fx),  # type: ignore[arg-type]
                     clock=FixedClock(), limits=limits, subscriber_buffer=100_000,
