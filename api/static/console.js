@@ -459,7 +459,9 @@
       const models = (await r.json()).data || [];
       return el("select", { "data-testid": "model-select", "aria-label": "model" },
         el("option", { value: "" }, "server default"),
-        ...models.map((m) => el("option", { value: m.id, disabled: m.key === "missing" },
+        // a model whose provider has no key stays selectable: a replay server plays it
+        // anyway, and a live one answers PROVIDER_NOT_CONFIGURED, which the page shows
+        ...models.map((m) => el("option", { value: m.id },
           `${m.id} (${m.provider}${m.key === "missing" ? ", no key" : ""})`)));
     } catch (_) {
       return el("input", { "data-testid": "model-input", "aria-label": "model",

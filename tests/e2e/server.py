@@ -41,7 +41,7 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.log_path = self.data_dir / "server.log"
         env = {**self.env, "CODY_PORT": str(self.port), "CODY_DATA_DIR": str(self.data_dir)}
-        log = self.log_path.open("wb")
+        log = self.log_path.open("ab")  # a restart on the same data dir keeps the first log
         self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=env, stdout=log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

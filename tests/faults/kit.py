@@ -1,25 +1,29 @@
-"""``cody serve`` stays up through Redis outages: real processes, real kills.
+"""The fault suite's kit: real processes, real kills, and the figures they print.
 
-Each test runs its own ``cody serve`` (own data dir, own key prefix) and, where it needs an
+Each scenario runs its own ``cody serve`` (own data dir, own key prefix) and, where it needs an
 external Redis, its own ``redis-server`` on a private port with append-only persistence, so a
-restart after ``kill -9`` finds the data where it was. Runs replay ``openai/rapid_deltas``
-(1,008 SSE blocks) at ``CODY_REPLAY_DELAY_S`` = 0.01, so each one is in flight for ~10 s;
-probes that must finish quickly use the 14-block ``openai/simple_message``.
+restart after ``kill -9`` finds the data where it was (never the machine's Redis on 6379). Runs
+replay ``openai/rapid_deltas`` (1,008 SSE blocks) at ``CODY_REPLAY_DELAY_S`` = 0.01, so each
+one is in flight for ~10 s; probes that must finish quickly use the 14-block
+``openai/simple_message``.
 
 Clients stream with :func:`follow`, which resumes a dropped connection after the last entry id
 it saw (``Last-Event-ID``), as a real client would; :func:`check_stream` then checks that what it
 got over all its connections has no duplicate and no gap.
+
+Every test prints its measured figures as one ``FAULT <scenario> key=value ...`` line
+(:func:`figure`), so ``pytest -s tests/faults | grep '^FAULT'`` gives the README's table.
 """
 
 from __future__ import annotations
 
 import email.utils
-import os
 import signal
+import sqlite3
 import subprocess
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,10 +142,12 @@ async def running_redis(dir_: Path) -> AsyncIterator[RedisProcess]:
 
 
 @asynccontextmanager
-async def running_cody(data_dir: Path, env: dict[str, str]) -> AsyncIterator[ServerProcess]:
-    """``cody serve``, ready (``/ready`` 200); stopped (SIGTERM, then SIGKILL) at the end."""
+async def running_cody(data_dir: Path, env: dict[str, str],
+                       port: int | None = None) -> AsyncIterator[ServerProcess]:
+    """``cody serve``, ready (``/ready`` 200); stopped (SIGTERM, then SIGKILL) at the end.
+    ``port``: a given one (a restart on the port its clients know), else a free one."""
     await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
-    server = ServerProcess(data_dir, env)
+    server = ServerProcess(data_dir, env) if port is None else ServerProcess(data_dir, env, port)
     try:
         await trio.to_thread.run_sync(server.start, 60.0)
         yield server
@@ -157,6 +163,39 @@ def cody_env(redis: RedisProcess | None = None, **extra: str) -> dict[str, str]:
     if redis is not None:
         env["CODY_REDIS_URL"] = redis.url
     return base_env(**{**env, **extra})
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], limit_s: float, what: str,
+                     interval_s: float = 0.05) -> float:
+    """Poll ``check`` until it is true (another process's state: no event to wait on); how
+    long it took. Fails naming ``what`` after ``limit_s``."""
+    began = trio.current_time()
+    with trio.move_on_after(limit_s):
+        while not await check():  # noqa: ASYNC110 - polling another process
+            await trio.sleep(interval_s)
+        return trio.current_time() - began
+    raise AssertionError(f"not within {limit_s:g} s: {what}")
+
+
+def figure(scenario: str, **values: object) -> None:
+    """Print the scenario's measured figures as one ``FAULT`` line (floats to 3 digits)."""
+    shown = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items())
+    print(f"FAULT {scenario} {shown}", flush=True)
+
+
+def stored_responses(data_dir: Path, run_ids: list[str]) -> dict[str, list[tuple[str, int]]]:
+    """What the SQLite store in ``data_dir`` holds of each run: its rows' (status, seq). Read
+    directly (read-only), so that nothing but the projector's writes is seen."""
+    con = sqlite3.connect(f"file:{data_dir / 'cody.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        out: dict[str, list[tuple[str, int]]] = {r: [] for r in run_ids}
+        for run_id in run_ids:
+            out[run_id] = [(str(status), int(seq)) for status, seq in con.execute(
+                "SELECT status, seq FROM responses WHERE run_id = ?", (run_id,))]
+        return out
+    finally:
+        con.close()
 
 
 def log_tail(server: ServerProcess, lines: int = 60) -> str:
@@ -190,9 +229,11 @@ async def sigterm_and_wait(server: ServerProcess, limit_s: float) -> tuple[int |
     return proc.poll(), trio.current_time() - began
 
 
-async def assert_sigterm_exits_0(server: ServerProcess) -> None:
+async def assert_sigterm_exits_0(server: ServerProcess) -> float:
+    """SIGTERM: exit code 0 within SIGTERM_LIMIT_S; how long it took."""
     code, took = await sigterm_and_wait(server, SIGTERM_LIMIT_S)
     assert code == 0, f"SIGTERM: exit code {code} after {took:.1f} s\n{log_tail(server)}"
+    return took
 
 
 # ---------------------------------------------------------------- streams
@@ -266,11 +307,36 @@ def check_stream(f: Followed) -> None:
     assert terminals in ([], [len(f.events) - 1]), f"run {f.run_id}: events after the end"
 
 
-async def wait_all(followed: list[Followed], deadline: float) -> None:
-    """Until every follower is done or the deadline (``trio.current_time()``) passes."""
+async def wait_all(followed: list[Followed], deadline: float) -> float:
+    """Until every follower is done or the deadline (``trio.current_time()``) passes; the
+    time it returned at."""
     with trio.move_on_at(deadline):
         for f in followed:
             await f.done.wait()
+    return trio.current_time()
+
+
+async def reread(client: httpx.AsyncClient, run_id: str) -> Followed:
+    """The run's whole stream read again from the start, on one fresh connection."""
+    f = Followed(run_id)
+    with trio.fail_after(30):
+        await follow(client, f)
+    return f
+
+
+async def assert_nothing_lost(client: httpx.AsyncClient, followed: list[Followed]) -> int:
+    """What each client was shown (every event is in Redis before it is shown) is still
+    there, entry for entry, when the run's stream is read again after the fault: nothing
+    acknowledged was lost. Returns how many events were compared."""
+    compared = 0
+    for f in followed:
+        again = await reread(client, f.run_id)
+        seen = list(zip(f.ids, (e.event_id for e in f.events), strict=True))
+        now = list(zip(again.ids, (e.event_id for e in again.events), strict=True))
+        assert now[:len(seen)] == seen, \
+            f"run {f.run_id}: what the client was shown is not what Redis has now"
+        compared += len(seen)
+    return compared
 
 
 # ---------------------------------------------------------------- requests
@@ -356,9 +422,11 @@ async def assert_redis_unavailable(client: httpx.AsyncClient, server: ServerProc
     assert r.status_code == 200, r.text
 
 
-async def assert_back(client: httpx.AsyncClient, server: ServerProcess, since: float) -> None:
+async def assert_back(client: httpx.AsyncClient, server: ServerProcess,
+                      since: float) -> tuple[float, float]:
     """Within BACK_WITHIN_S of ``since`` (when Redis came back): /ready 200, and a new run
-    (submitted again on 503) streams to response_done, status complete."""
+    (submitted again on 503) streams to response_done, status complete. Returns how long
+    after ``since`` each happened."""
     ready_at = new_done_at = None
     new = Followed("")
     with trio.move_on_after(BACK_WITHIN_S + 15):  # room to measure how late it is
@@ -387,18 +455,20 @@ async def assert_back(client: httpx.AsyncClient, server: ServerProcess, since: f
     check_stream(new)
     assert new.terminal is not None and new.terminal.type == "response_done", new.outcomes
     assert new.status() == "complete", new.status()
+    return ready_at, new_done_at
 
 
 # ---------------------------------------------------------------- the outage scenario
 
 
 async def external_redis_outage(tmp_path: Path, outage_s: float, *, runs: int = 10,
-                                end_within_s: float, **env: str) -> None:
+                                end_within_s: float, **env: str) -> dict[str, object]:
     """``runs`` long runs streaming through resuming clients; ~1 s in, kill -9 Redis; check
     the server while it is down (every second for long outages: /ready 503, RSS); restart
-    Redis with the same arguments after ``outage_s``; then it is back within BACK_WITHIN_S,
-    every run ends within ``end_within_s`` of the restart, the server still listens, and
-    SIGTERM exits 0."""
+    Redis with the same arguments (same AOF) after ``outage_s``; then it is back within
+    BACK_WITHIN_S, every run ends within ``end_within_s`` of the restart, nothing a client was
+    shown is missing from Redis, the server still listens, and SIGTERM exits 0. Returns the
+    figures."""
     async with running_redis(tmp_path / "redis") as redis, \
             running_cody(tmp_path / "cody", cody_env(redis, **env)) as server, \
             make_client(server.base_url) as client:
@@ -428,97 +498,17 @@ async def external_redis_outage(tmp_path: Path, outage_s: float, *, runs: int = 
                     await assert_redis_unavailable(client, server)
                 restarted = trio.current_time()
                 await redis.start()
-                await assert_back(client, server, restarted)
-                await wait_all(followed, restarted + end_within_s)
+                ready_s, new_run_s = await assert_back(client, server, restarted)
+                all_done = await wait_all(followed, restarted + end_within_s)
                 nursery.cancel_scope.cancel()
             await assert_runs_ended(client, server, followed, restarted + end_within_s)
+            compared = await assert_nothing_lost(client, followed)
             r = await client.get("/api/v2/health", timeout=REQUEST_TIMEOUT)
             assert r.status_code == 200, r.text
-            await assert_sigterm_exits_0(server)
-
-
-# ---------------------------------------------------------------- the tests
-
-
-async def test_idle_embedded_server_stays_up(tmp_path: Path) -> None:
-    async with running_cody(tmp_path / "cody", base_env(CODY_LOG_LEVEL="info")) as server, \
-            make_client(server.base_url) as client:
-        with trio.fail_after(90):
-            pids = await embedded_redis_pids(server.data_dir)
-            assert len(pids) == 1, f"embedded redis-server: {pids}"
-            await trio.sleep(30)
-            status, body = await ready_status(client)
-            assert status == 200, f"/ready after 30 s idle: {status} {body}\n{log_tail(server)}"
-            accepted = await submit(client, **short_body())
-            f = Followed(accepted["run_id"])
-            await follow(client, f)
-            check_stream(f)
-            assert f.terminal is not None and f.terminal.type == "response_done", f.outcomes
-            assert f.status() == "complete"
-            assert await embedded_redis_pids(server.data_dir) == pids, \
-                f"the embedded redis-server changed while idle\n{log_tail(server)}"
-            await assert_sigterm_exits_0(server)
-            assert not await embedded_redis_pids(server.data_dir), "orphaned redis-server"
-
-
-async def test_external_redis_kill_9_for_3_s(tmp_path: Path) -> None:
-    await external_redis_outage(tmp_path, 3.0, end_within_s=25.0)
-
-
-async def test_external_redis_60_s_outage(tmp_path: Path) -> None:
-    await external_redis_outage(tmp_path, 60.0, end_within_s=15.0,
-                                CODY_APPEND_DEADLINE_S="10", CODY_ENDING_DEADLINE_S="5",
-                                CODY_JANITOR_INTERVAL_S="1")
-
-
-async def test_embedded_redis_kill_9_is_restarted(tmp_path: Path) -> None:
-    async with running_cody(tmp_path / "cody", cody_env()) as server, \
-            make_client(server.base_url) as client:
-        with trio.fail_after(90):
-            old = await embedded_redis_pids(server.data_dir)
-            assert len(old) == 1, f"embedded redis-server: {old}"
-            async with trio.open_nursery() as nursery:
-                followed = await start_long_runs(client, 3, nursery)
-                await trio.sleep(1.0)
-                assert all(f.events and f.terminal is None for f in followed)
-                os.kill(old[0], signal.SIGKILL)
-                killed = trio.current_time()
-                seen: list[int | str] = []
-                new: list[int] = []
-                with trio.move_on_after(10):
-                    while True:
-                        seen.append((await ready_status(client))[0])
-                        new = await embedded_redis_pids(server.data_dir)
-                        if seen[-1] == 200 and len(new) == 1 and new != old:
-                            break
-                        await trio.sleep(0.1)
-                assert seen[-1] == 200 and len(new) == 1 and new != old, \
-                    (f"10 s after kill -9: /ready {seen[-5:]}, redis-server {old} -> {new}\n"
-                     f"{log_tail(server)}")
-                await assert_back(client, server, trio.current_time())
-                await wait_all(followed, killed + 30)
-                nursery.cancel_scope.cancel()
-            await assert_runs_ended(client, server, followed, killed + 30)
-            await assert_sigterm_exits_0(server)
-            assert not await embedded_redis_pids(server.data_dir), "orphaned redis-server"
-
-
-async def test_sigterm_during_redis_outage_exits_in_time(tmp_path: Path) -> None:
-    drain_s = 5.0
-    async with running_redis(tmp_path / "redis") as redis, \
-            running_cody(tmp_path / "cody",
-                         cody_env(redis, CODY_DRAIN_TIMEOUT_S=f"{drain_s:g}")) as server, \
-            make_client(server.base_url) as client:
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                followed = await start_long_runs(client, 5, nursery)
-                await trio.sleep(1.0)
-                assert all(f.events and f.terminal is None for f in followed)
-                await redis.kill9()
-                await trio.sleep(0.5)
-                code, took = await sigterm_and_wait(server, drain_s + 10)
-                nursery.cancel_scope.cancel()
-            assert code is not None, f"still running {took:.1f} s after SIGTERM\n" \
-                                     f"{log_tail(server)}"
-            assert took <= drain_s + 2, f"exited {took:.1f} s after SIGTERM\n{log_tail(server)}"
-            assert code == 0, f"exit code {code}\n{log_tail(server)}"
+            sigterm_s = await assert_sigterm_exits_0(server)
+    endings = Counter(f.status() for f in followed)
+    return {"runs": runs, "outage_s": outage_s, "ready_503": len(ready_seen) + 1,
+            "rss_growth_mb": rss_peak - rss_before, "ready_after_s": ready_s,
+            "new_run_done_s": new_run_s, "all_ended_after_s": all_done - restarted,
+            "endings": ",".join(f"{k}:{v}" for k, v in sorted(endings.items())),
+            "events_kept": compared, "sigterm_exit_s": sigterm_s}

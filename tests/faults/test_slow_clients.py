@@ -1,0 +1,205 @@
+"""100 SSE clients that never read, beside 100 that do: the readers do not notice.
+
+Rounds alternate without and with the slow clients (A B A B), each round a fresh set of runs
+streaming ``openai/rapid_deltas``, 100 normal clients following them (10 per run), and in the
+B rounds 100 more connections to the same runs that send their request and then read nothing
+(a 4 KiB receive buffer, so the server's sends to them block within a few frames). A normal
+client's lag is the time from the event's ``timestamp`` (stamped by the run before its append)
+to its arrival at the client; the rounds are interleaved so that a change in the machine's
+background load falls on both sides.
+
+Asserted: the normal clients' p99 lag with the slow clients is within 20% of the p99 without
+them (or within a 3 ms floor: the timestamps have 1 ms resolution at both ends, and two
+identical rounds on this shared 2-core machine differ by that much, which the figure line
+shows as ``p99_a_jitter_ms``); the server's RSS with 100 blocked clients stays within 64 MB of
+its RSS without them; once the runs are over the slow clients start reading and every one of
+them gets its run's whole stream to the terminal event with no gap, on its own connection or
+by resuming with ``Last-Event-ID`` if the server dropped it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h11
+import httpx
+import trio
+
+from runtime.schema import TERMINAL_EVENT_TYPES, StreamEvent
+from runtime.sse import SSEDecoder
+from tests.faults.kit import (
+    Followed,
+    ServerProcess,
+    assert_sigterm_exits_0,
+    check_stream,
+    cody_env,
+    figure,
+    follow,
+    log_tail,
+    make_client,
+    rss_mb,
+    running_cody,
+    submit,
+)
+from tests.faults.kit import long_body as rapid_deltas_body
+
+RUNS_PER_ROUND = 10
+CLIENTS_PER_RUN = 10
+ROUND_S = 3.0
+"""How long the lag is measured in each round (from 1 s after every client is connected);
+then the round's runs are cancelled."""
+REPLAY_DELAY_S = "0.05"
+"""20 events a second per run: 2,000 a second to the normal clients, which this test's one
+Python process can take in (at 100 a second per run its own parsing was the lag)."""
+P99_RATIO = 1.2
+P99_FLOOR_MS = 3.0
+RSS_BOUND_MB = 64.0
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+@dataclass
+class SlowClient:
+    """An SSE connection that sends its request and then reads nothing until told to."""
+
+    server: ServerProcess
+    run_id: str
+    sock: trio.socket.SocketType | None = None
+    f: Followed = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.f = Followed(self.run_id)
+
+    async def connect(self) -> None:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+        await sock.connect(("127.0.0.1", self.server.port))
+        request = (f"GET /api/v2/runs/{self.run_id}/events HTTP/1.1\r\n"
+                   f"Host: 127.0.0.1:{self.server.port}\r\nAccept: text/event-stream\r\n\r\n")
+        await sock.send(request.encode())
+        self.sock = sock
+
+    async def drain(self, client: httpx.AsyncClient) -> None:
+        """Read what the server kept for it, to the terminal event or until the server closes
+        the connection; then resume as any client would if the end was not there."""
+        assert self.sock is not None
+        conn, decoder = h11.Connection(h11.CLIENT), SSEDecoder()
+        conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+        conn.send(h11.EndOfMessage())
+        status = None
+        with self.sock, trio.move_on_after(15):
+            while self.f.terminal is None:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await self.sock.recv(65536))
+                    continue
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    for msg in decoder.feed(bytes(event.data)):
+                        if msg.data:
+                            ev = StreamEvent.model_validate_json(msg.data)
+                            assert msg.id is not None
+                            self.f.ids.append(msg.id)
+                            self.f.events.append(ev)
+                            if ev.type in TERMINAL_EVENT_TYPES:
+                                break
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+        self.f.outcomes.append(status if status is not None else "no response")
+        if self.f.terminal is None:  # dropped for being slow: resume after what it got
+            with trio.fail_after(20):
+                await follow(client, self.f)
+
+
+@dataclass
+class Round:
+    slow: bool
+    lags_ms: list[float] = field(default_factory=list)
+    rss_peak_mb: float = 0.0
+    slow_clients: list[SlowClient] = field(default_factory=list)
+    dropped: int = 0
+
+
+async def normal_client(client: httpx.AsyncClient, run_id: str, rnd: Round,
+                        window: list[float]) -> None:
+    """Follow the run; record the lag of each event stamped inside the window (set once every
+    client is connected, so no catching up from Redis is counted)."""
+    f = Followed(run_id)
+
+    class Timed(list[StreamEvent]):
+        def append(self, ev: StreamEvent) -> None:
+            if window and window[0] <= ev.timestamp <= window[1]:
+                rnd.lags_ms.append(time.time() * 1000 - ev.timestamp)
+            super().append(ev)
+
+    f.events = Timed()
+    with trio.fail_after(ROUND_S + 30):
+        await follow(client, f)
+    check_stream(f)
+
+
+async def play_round(server: ServerProcess, client: httpx.AsyncClient, rnd: Round) -> None:
+    assert server.proc is not None
+    run_ids = [(await submit(client, **rapid_deltas_body()))["run_id"]
+               for _ in range(RUNS_PER_ROUND)]
+    window: list[float] = []  # ms, as the events' timestamps
+    async with trio.open_nursery() as nursery:
+        for run_id in run_ids:
+            for _ in range(CLIENTS_PER_RUN):
+                nursery.start_soon(normal_client, client, run_id, rnd, window)
+        if rnd.slow:
+            for run_id in run_ids:
+                for _ in range(CLIENTS_PER_RUN):
+                    slow = SlowClient(server, run_id)
+                    await slow.connect()
+                    rnd.slow_clients.append(slow)
+        await trio.sleep(1.0)  # every client connected and caught up, the slow ones blocked
+        began = time.time()
+        window[:] = [began * 1000, (began + ROUND_S) * 1000]
+        while time.time() < began + ROUND_S:
+            await trio.sleep(0.25)
+            rnd.rss_peak_mb = max(rnd.rss_peak_mb, rss_mb(server.proc.pid))
+        for run_id in run_ids:  # end the round: the runs end aborted, the clients with them
+            r = await client.post(f"/api/v2/runs/{run_id}/cancel")
+            assert r.status_code == 200, r.text
+    for slow in rnd.slow_clients:
+        await slow.drain(client)
+        check_stream(slow.f)
+        assert slow.f.terminal is not None, (slow.f.outcomes, log_tail(server))
+        rnd.dropped += len(slow.f.outcomes) > 1
+
+
+async def test_slow_clients_do_not_slow_the_others(tmp_path: Path) -> None:
+    env = cody_env(CODY_REPLAY_DELAY_S=REPLAY_DELAY_S)
+    async with running_cody(tmp_path / "cody", env) as server, \
+            make_client(server.base_url) as client:
+        with trio.fail_after(150):
+            # warm up (first requests, imports, the store): not measured
+            await play_round(server, client, Round(slow=False))
+            rounds = [Round(slow=s) for s in (False, True, False, True)]
+            for rnd in rounds:
+                await play_round(server, client, rnd)
+            took = await assert_sigterm_exits_0(server)
+    a = [x for r in rounds if not r.slow for x in r.lags_ms]
+    b = [x for r in rounds if r.slow for x in r.lags_ms]
+    p99_a, p99_b = p99(a), p99(b)
+    jitter = abs(p99(rounds[0].lags_ms) - p99(rounds[2].lags_ms))
+    rss_a = max(r.rss_peak_mb for r in rounds if not r.slow)
+    rss_b = max(r.rss_peak_mb for r in rounds if r.slow)
+    slow_total = sum(len(r.slow_clients) for r in rounds)
+    resumed = sum(r.dropped for r in rounds)
+    figure("slow_sse_clients", normal=RUNS_PER_ROUND * CLIENTS_PER_RUN,
+           slow=RUNS_PER_ROUND * CLIENTS_PER_RUN, samples_a=len(a), samples_b=len(b),
+           p99_a_ms=p99_a, p99_b_ms=p99_b, ratio=p99_b / p99_a if p99_a else 0.0,
+           p99_a_jitter_ms=jitter, rss_a_mb=rss_a, rss_b_mb=rss_b,
+           slow_complete=slow_total, slow_resumed=resumed, sigterm_exit_s=took)
+    assert len(a) > 1000 and len(b) > 1000, (len(a), len(b))
+    assert p99_b <= max(P99_RATIO * p99_a, p99_a + P99_FLOOR_MS), (p99_a, p99_b)
+    assert rss_b - rss_a <= RSS_BOUND_MB, (rss_a, rss_b)
