@@ -46,6 +46,9 @@ from runtime.schema import (
 
 log = logging.getLogger(__name__)
 
+SWEEP_CONCURRENCY = 4
+"""Orphans one sweep ends at once."""
+
 
 class JanitorLog(Protocol):
     async def refresh_lease(self, node_id: str, ttl_s: int) -> None: ...
@@ -96,28 +99,53 @@ class Janitor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        """The lease is refreshed on its own beat, never behind a sweep: a sweep that ends
+        many orphans on a busy Redis can take longer than the lease, and a live node whose
+        lease lapsed would have its own runs ended by the others (measured with a 2 s lease
+        under load: a survivor's run ended ``RUN_ORPHANED``)."""
         await self._log.refresh_lease(self.node_id, self._ttl)
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_lease)
+            task_status.started()
+            while True:
+                await self.sweep()
+                await trio.sleep(self._interval)
+
+    async def _keep_lease(self) -> None:
         while True:
-            await self._log.refresh_lease(self.node_id, self._ttl)
-            await self.sweep()
             await trio.sleep(self._interval)
+            await self._log.refresh_lease(self.node_id, self._ttl)
 
     async def sweep(self) -> int:
-        """One pass over the registry; returns how many orphans this pass ended."""
+        """One pass over the registry; returns how many orphans this pass ended.
+
+        The orphans found are ended concurrently (up to :data:`SWEEP_CONCURRENCY` at once):
+        a node that died with many runs takes each of them four round trips to end, and one
+        after the other they spread over seconds under load (measured: 1.3 s for 8 runs)."""
         await self._log.migrate_legacy_live()  # one HGETALL once there is nothing left
         ended = 0
         alive: dict[str, bool] = {}
+        orphans: list[tuple[str, str, str]] = []
         for run_id, node in (await self._log.live_runs()).items():
             if node == self.node_id:
-                if run_id not in self._local and await self._end(run_id, node,
-                                                                 "its actor is gone"):
-                    ended += 1
+                if run_id not in self._local:
+                    orphans.append((run_id, node, "its actor is gone"))
                 continue
             if node not in alive:
                 alive[node] = await self._log.lease_alive(node)
-            if not alive[node] and await self._end(run_id, node, f"node {node} is gone"):
-                ended += 1
+            if not alive[node]:
+                orphans.append((run_id, node, f"node {node} is gone"))
+        limit = trio.CapacityLimiter(SWEEP_CONCURRENCY)
+
+        async def end(run_id: str, node: str, why: str) -> None:
+            nonlocal ended
+            async with limit:
+                if await self._end(run_id, node, why):
+                    ended += 1
+
+        async with trio.open_nursery() as nursery:
+            for orphan in orphans:
+                nursery.start_soon(end, *orphan)
         self.ended += ended
         return ended
 

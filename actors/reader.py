@@ -4,8 +4,9 @@ The order of work is what makes it exact: subscribe to the live fan-out first, t
 Redis after the cursor, then take live batches, dropping any entry at or before the last one
 already delivered. Every event is in Redis before it is published (SPEC §5), so replay plus
 live covers everything. A subscriber cut off for being slow goes back to replay and carries
-on from its own cursor; when the run's actor is not in this process the reader tails Redis
-with finite blocking reads.
+on from its own cursor. When the run's actor is not in this process the live side is the node's
+multiplexed tail (``subscribe_remote``, actors/node_tail.py: one read for all remote runs), or,
+without one, finite blocking reads of its own.
 
 The reader is pull-based (``next_batch`` with a deadline) so that an SSE generator never
 yields inside a cancel scope.
@@ -13,7 +14,7 @@ yields inside a cancel scope.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -34,12 +35,16 @@ class EventSource(Protocol):
 class RunReader:
     def __init__(self, source: EventSource, run_id: str, cursor: str,
                  find_fanout: Callable[[], Fanout | None], *, page: int = 1000,
-                 first_page: int = 64) -> None:
+                 first_page: int = 64,
+                 subscribe_remote: Callable[[], Awaitable[Subscription | None]] | None = None
+                 ) -> None:
         self.source = source
         self.run_id = run_id
         self.last_id = cursor or "0-0"
         self._last_key = entry_key(self.last_id)
         self._find_fanout = find_fanout
+        self._subscribe_remote = subscribe_remote
+        """For a run whose actor is not here: the node's multiplexed tail (actors/node_tail.py)."""
         self._page = page
         self._replay_page = min(first_page, page)
         """Replay starts with a small page, so that a resuming client gets its first events
@@ -74,6 +79,8 @@ class RunReader:
                     fanout = self._find_fanout()
                     if fanout is not None and not fanout.closed:
                         self._sub = fanout.subscribe()
+                    elif self._subscribe_remote is not None:
+                        self._sub = await self._subscribe_remote()
                 raw = await self.source.read_after(self.run_id, self.last_id,
                                                    self._replay_page)
                 self._replay_page = min(self._page, self._replay_page * 2)

@@ -5,13 +5,16 @@ row once that is terminal; a replay of its stream from Redis (a run live on anot
 ended but not yet persisted); a non-terminal store row (the stream has expired); and for a run
 accepted here whose actor has not written ``response_start`` yet, a ``queued`` Response (for a
 run accepted on another node, from its metadata in Redis: a turn queued behind another on its
-thread). A run found nowhere is ``404 NOT_FOUND``.
+thread, or not started yet). A run found nowhere is ``404 NOT_FOUND``. Every node answers the
+same: all but the first come from Redis and the store, which they share.
 
 Its events come through a :class:`~actors.reader.RunReader` after the client's cursor. A cursor
 already at or past the terminal event gets no reader (the route answers ``204``); a run whose
 stream has expired while its Response is stored is ``410 STREAM_EXPIRED``; a run with neither
 is ``404``, unless its metadata says it was accepted and has not ended (a queued run on any
 node): its reader then waits for the first event.
+A run whose actor is on another node is read live through this node's multiplexed tail
+(actors/node_tail.py), not a blocking read per client.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import re
 
 from actors.fanout import Fanout
 from actors.local_runs import LocalRuns
+from actors.node_tail import NodeTail
 from actors.reader import RunReader
 from runtime.clock import WallClock
 from runtime.errors import NotFound, StreamExpired, ValidationFailed
@@ -50,11 +54,13 @@ def check_cursor(cursor: str, field: str = "Last-Event-ID") -> str:
 
 class ReadingService:
     def __init__(self, *, runs: LocalRuns, log_: EventLog, store: Store,
-                 clock: WallClock, tenants: bool = False) -> None:
+                 clock: WallClock, tenants: bool = False,
+                 node_tail: NodeTail | None = None) -> None:
         self._runs = runs
         self._log = log_
         self._store = store
         self._clock = clock
+        self._node_tail = node_tail
         self._tenants = tenants
         """Whether API keys are on: without them every run is ``DEFAULT_TENANT``'s and the
         ownership check (a store or Redis round trip) is skipped."""
@@ -152,13 +158,16 @@ class ReadingService:
             a = self._runs.get(run_id)
             return a.fanout if a is not None else None
 
+        tail = self._node_tail
+        remote = None if tail is None else lambda: tail.subscribe(run_id)
         if actor is None or actor.fanout.closed:
             last = await self._log.last_entry(run_id)
             if last is None:
                 if actor is not None or await self._accepted_meta(run_id) is not None:
                     # started or queued (here or on another node), nothing written yet (or
                     # its ending just was: the reader replays it)
-                    return RunReader(self._log, run_id, cursor, find_fanout)
+                    return RunReader(self._log, run_id, cursor, find_fanout,
+                                     subscribe_remote=remote)
                 if await self._store.get_response(run_id, tenant=tenant) is not None:
                     raise StreamExpired(f"the event stream of run {run_id} has expired; "
                                         f"its Response is at /api/v2/runs/{run_id}",
@@ -167,4 +176,4 @@ class ReadingService:
             last_id, last_type = last
             if last_type in TERMINAL_EVENT_TYPES and entry_key(cursor) >= entry_key(last_id):
                 return None
-        return RunReader(self._log, run_id, cursor, find_fanout)
+        return RunReader(self._log, run_id, cursor, find_fanout, subscribe_remote=remote)

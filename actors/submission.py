@@ -28,6 +28,7 @@ import trio
 from actors.admission import Admission
 from actors.idempotency import IdempotencyRecords
 from actors.local_runs import LocalRuns, freshest
+from actors.node_tail import NodeTail
 from actors.providers.provider import ModelProvider
 from actors.providers.settings import RequestSettings
 from actors.reading import ReadingService
@@ -83,7 +84,8 @@ class SubmissionService:
                  node_id: str, actor_log: ActorLog, reading: ReadingService,
                  catalogue: Catalogue, provider_env: Mapping[str, str],
                  policies: ThreadPolicies, idempotency: IdempotencyRecords,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 node_tail: NodeTail | None = None) -> None:
         self._config = config
         self._catalogue = catalogue
         self._provider_env = provider_env
@@ -98,6 +100,7 @@ class SubmissionService:
         self._policies = policies
         self._idempotency = idempotency
         self._admission = admission or Admission(config, log_=log_, runs=runs, clock=clock)
+        self._node_tail = node_tail
 
     # ------------------------------------------------------------------ policy
 
@@ -227,11 +230,13 @@ class SubmissionService:
             raise
         self._runs.reserve(actor)
         try:
-            await self._log.put_meta(run_id, {"thread_id": thread_id, "turn_id": turn_id,
-                                              "status": "in_progress", "node": self._node_id,
-                                              "provider_id": provider_id, "model_id": model_id,
-                                              "protocol": protocol, "tenant": tenant,
-                                              "created_at": self._clock.now_ms()})
+            meta: dict[str, str | int] = {
+                "thread_id": thread_id, "turn_id": turn_id, "status": "in_progress",
+                "node": self._node_id, "provider_id": provider_id, "model_id": model_id,
+                "protocol": protocol, "tenant": tenant, "created_at": self._clock.now_ms()}
+            if req.agent_id:
+                meta["agent_id"] = req.agent_id
+            await self._log.put_meta(run_id, meta)
             policy = await self._policies.admit(
                 run_id, thread_id, req.multitask_strategy or cfg.multitask_strategy)
         except BaseException:
@@ -276,8 +281,9 @@ class SubmissionService:
         return tuple(await self.history(thread_id, tenant=tenant, ended=ended))
 
     async def cancel(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> Response:
-        """Idempotent: a live run here ends ``aborted`` (waited for, up to
-        :data:`CANCEL_WAIT_S`); any run answers with its Response as it then is.
+        """Idempotent: a live run ends ``aborted`` (waited for, up to :data:`CANCEL_WAIT_S`);
+        any run answers with its Response as it then is. A run whose actor is on another
+        node is cancelled by its owner, told through Redis (actors/node_tail.py).
 
         Raises:
             NotFound: no such run (or another tenant's).
@@ -288,4 +294,7 @@ class SubmissionService:
             actor.cancel()
             with trio.move_on_after(CANCEL_WAIT_S):
                 await actor.finished.wait()
+        elif self._node_tail is not None:
+            await self._node_tail.cancel_remote(run_id, reason="cancelled by user",
+                                                wait_s=CANCEL_WAIT_S)
         return await self._reading.get_response(run_id, tenant=tenant)

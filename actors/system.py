@@ -9,7 +9,7 @@ Structure (one root nursery, nothing fire-and-forget)::
     ├── store (SQLite, or PostgreSQL with CODY_STORE_URL)   runtime/store/
     └── root nursery
         ├── group committer                                 runtime/group_commit.py
-        ├── supervisor (one_for_one): projector, janitor, extra workers (the HTTP server)
+        ├── supervisor (one_for_one): node tail, projector, janitor, extra workers (HTTP)
         └── runs nursery: one RunActor per run, never restarted       actors/local_runs.py
 
 The services, what the API calls (and all it may call)::
@@ -42,6 +42,7 @@ from actors.janitor import Janitor
 from actors.lifecycle import Lifecycle
 from actors.local_runs import LocalRuns
 from actors.models import ModelService
+from actors.node_tail import NodeTail
 from actors.observability import MeteredActorLog, MeteredProvider, MetricsService
 from actors.projector import Projector
 from actors.providers.fixtures import FixtureLibrary, default_fixtures_dir
@@ -97,6 +98,10 @@ class CodyRuntime(Services):
     projector: Projector | None
     catalogue: Catalogue
     metrics: Metrics
+    node_id: str = ""
+    """This node's id (its lease, its control stream, its runs' ``node`` in Redis)."""
+    node_tail: NodeTail | None = None
+    """This node's multiplexed tail: remote runs' events, cancels from other nodes."""
 
 
 @asynccontextmanager
@@ -157,8 +162,11 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
             committer = GroupCommitter(event_log)
             await root.start(committer.run)
             runs = LocalRuns(await root.start(_hold_nursery), metrics)
+            node_tail = NodeTail(event_log, node_id=node_id, local_actor=runs.get,
+                                 subscriber_buffer=config.subscriber_buffer,
+                                 poll_ms=config.tail_poll_ms)
             reading = ReadingService(runs=runs, log_=event_log, store=store, clock=clock,
-                                     tenants=security.enabled)
+                                     tenants=security.enabled, node_tail=node_tail)
             admission = Admission(config, log_=event_log, runs=runs, clock=clock)
             projector = None
             if run_projector:
@@ -182,7 +190,7 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                         ActorLog(committer, event_log, on_end=policies.release), metrics),
                     reading=reading, admission=admission, policies=policies,
                     idempotency=idempotency, catalogue=catalogue,
-                    provider_env=config.provider_env()),
+                    provider_env=config.provider_env(), node_tail=node_tail),
                 reading=reading,
                 threads=ThreadService(runs=runs, store=store),
                 lifecycle=Lifecycle(runs=runs, log_=event_log, store=store),
@@ -192,8 +200,9 @@ async def open_runtime(config: RuntimeConfig, *, clock: WallClock | None = None,
                                           reading=reading, clock=clock),
                 observability=MetricsService(metrics, log_=event_log, clock=clock),
                 log=event_log, store=store, runs=runs, projector=projector,
-                catalogue=catalogue, metrics=metrics)
-            children: list[ChildSpec] = []
+                catalogue=catalogue, metrics=metrics, node_id=node_id, node_tail=node_tail)
+            children: list[ChildSpec] = [
+                ChildSpec("node-tail", node_tail.run, RestartPolicy.PERMANENT)]
             if projector is not None:
                 children.append(ChildSpec("projector", projector.run, RestartPolicy.PERMANENT))
             janitor = Janitor(event_log, node_id=node_id, local_runs=runs.actors, clock=clock,

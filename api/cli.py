@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,6 +50,9 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["exec_enabled"] = True
     if args.workspace:
         overrides["workspace_root"] = Path(args.workspace)
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+
     if args.insecure:
         overrides["insecure"] = True
     logging.basicConfig(level=args.log_level.upper(),
@@ -66,7 +70,20 @@ def _serve(args: argparse.Namespace) -> int:
     from api.server import serve
 
     try:
-        trio.run(serve, config)
+        if args.worker_fd is not None:  # one of the nodes of `cody serve --workers N`
+            fd = args.worker_fd
+
+            def ready() -> None:
+                os.write(fd, b"r")
+                os.close(fd)
+
+            trio.run(partial(serve, config, ready=ready, announce=False))
+        elif config.workers > 1:
+            from actors.workers import serve_workers
+
+            trio.run(partial(serve_workers, config, log_level=args.log_level))
+        else:
+            trio.run(serve, config)
     except (Exception, BaseExceptionGroup) as exc:
         # one clear line and a non-zero exit: a supervisor that gave up, an embedded Redis
         # that cannot start or be restarted, a port in use
@@ -426,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host without CODY_API_KEYS (CODY_INSECURE=1)")
     s.add_argument("--log-level", default=os.environ.get("CODY_LOG_LEVEL", "warning"))
+    s.add_argument("--workers", type=int,
+                   help="node processes on one port (CODY_WORKERS, default 1; README, "
+                        "Scaling out)")
+    s.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # set by the parent
 
     server = os.environ.get("CODY_SERVER", "http://127.0.0.1:8080")
     r = sub.add_parser("run", help="submit a turn and print its stream (Ctrl-C cancels it)")

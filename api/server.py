@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable
 
 import trio
@@ -64,6 +65,11 @@ def hypercorn_config(config: RuntimeConfig) -> HypercornConfig:
     hc.graceful_timeout = 5.0
     hc.keep_alive_timeout = 75.0
     hc.backlog = 1024
+    # one of N nodes on one port (`cody serve --workers N`, actors/workers.py): Hypercorn
+    # sets SO_REUSEPORT on the sockets it binds when its `workers` is above 1 (its trio
+    # `serve` starts no processes of its own); the kernel then spreads connections over us
+    hc.workers = config.workers
+    warnings.filterwarnings("ignore", message="The config `workers` has no affect")
     return hc
 
 
@@ -116,7 +122,8 @@ def _exit_by_deadline(deadline_s: float) -> threading.Timer:
     return timer
 
 
-async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = None) -> None:
+async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = None,
+                announce: bool = True) -> None:
     """Raises:
         ValidationFailed: a non-loopback host without API keys or ``--insecure``.
     """
@@ -136,8 +143,9 @@ async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = Non
                 log.info("cody serving on http://%s:%d (%s mode, redis %s, catalogue %s)",
                          config.host, config.port, mode, config.redis_url or "embedded",
                          runtime.models.catalogue.source or "built-in")
-                print(f"cody: serving on http://{config.host}:{config.port} ({mode} mode)",
-                      flush=True)
+                if announce:
+                    print(f"cody: serving on http://{config.host}:{config.port} ({mode} mode)",
+                          flush=True)
                 if ready is not None:
                     ready()
                 tune_gc()

@@ -27,6 +27,9 @@ Workloads, in order (memory first, so RSS is not measured in arenas freed by ear
   resume     1,000 reconnects with Last-Event-ID on live runs over HTTP: lost / duplicated
   peer       1 / 10 / 100 runs of 1,000 tokens, first token, lag (200 tokens 10 ms apart) and
              resume on ``langgraph dev`` next to Cody on the same workloads
+  scale-out  cross-node SSE lag (a remote subscriber vs a local one, two in-process nodes);
+             ``cody serve --workers 2`` vs ``--workers 1``: tokens/s at 1,000 runs and the
+             500-run latency rows, as ratios (bench/scale_out.py; ``--only scale --quick``)
 
   cpu        server CPU per isolated token (500 runs x 10 tokens/s, one reader each, over a
              window where every run streams), the server's GC pauses in that window
@@ -59,6 +62,7 @@ from actors.system import open_runtime
 from api.server import tune_gc
 from bench import http_load as h
 from bench import reducer as hot
+from bench import scale_out
 from bench import workloads_cody as w
 from bench.peer import peer_bench as peer
 from bench.pipeline import cody_run, plain_redis
@@ -356,11 +360,13 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-peer", action="store_true", help="skip langgraph dev")
     parser.add_argument("--lg-bin", default=None, help="the langgraph command (default: found)")
-    parser.add_argument("--only", choices=("inprocess", "http", "cpu"), default=None)
+    parser.add_argument("--only", choices=("inprocess", "http", "cpu", "scale"), default=None)
     parser.add_argument("--runs", type=int, default=500,
                         help="runs of the CPU-per-isolated-token row (fewer: a quick look)")
     parser.add_argument("--short-runs", type=int, default=500,
                         help="runs of the CPU-per-run row")
+    parser.add_argument("--quick", action="store_true",
+                        help="scale-out rows at 100/50 runs instead of 1,000/500 (a smoke)")
     args = parser.parse_args()
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="cody-bench-"))
@@ -385,6 +391,8 @@ def main() -> None:
                 with peer.peer_server(lg_bin, log_path=tmp / "langgraph.log") as (port, proc):
                     lg = trio.run(peer.figures, port, proc)
                 side_by_side(table, cody, lg)
+        if args.only in (None, "scale"):
+            scale_out.rows(table, args.redis, prefix, tmp, quick=args.quick)
     finally:
         deleted = trio.run(cleanup, args.redis, prefix)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -130,6 +130,14 @@ class RuntimeConfig(BaseModel):
     janitor_interval_s: float = Field(default=5.0, gt=0)
     """How often each node's janitor refreshes its lease and sweeps for orphaned runs."""
 
+    # -- scale-out
+    workers: int = Field(default=1, ge=1, le=256)
+    """``cody serve --workers N``: N node processes on one port (SO_REUSEPORT), one Redis and
+    one store (api/workers.py)."""
+    tail_poll_ms: int = Field(default=10, ge=1, le=1000)
+    """On a Redis Cluster, the pause between rounds of a node's multiplexed tail that found
+    nothing (a remote SSE subscriber lags by up to this); one Redis blocks instead."""
+
     # the exec tool's confinement (actors/tools/sandbox.py; README, Security); 0: no limit
     exec_env: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_EXEC_ENV), repr=False)
     """What a command's environment starts from (HOME and TMPDIR are set per command)."""
@@ -229,6 +237,10 @@ class RuntimeConfig(BaseModel):
         put("persist_shards", "CODY_PERSIST_SHARDS", int)
         put("lease_ttl_s", "CODY_LEASE_TTL_S", int)
         put("janitor_interval_s", "CODY_JANITOR_INTERVAL_S", float)
+        # -- scale-out
+        put("workers", "CODY_WORKERS", int)
+        put("tail_poll_ms", "CODY_TAIL_POLL_MS", int)
+
         # -- policies
         put("idempotency_ttl_s", "CODY_IDEMPOTENCY_TTL_S", int)
         put("multitask_strategy", "CODY_MULTITASK_STRATEGY")

@@ -21,9 +21,10 @@ The same code runs on one Redis (``redis://``, ``unix://``) and on a Redis Clust
   the live path: the run's actor serves the run while it runs). Why not one blocking read on
   one shard between rounds: Redis times blocked clients out at its ``hz`` tick, so a
   ``BLOCK 100`` on an idle node returns after 100-200 ms (measured), which doubled the wait.
-  :meth:`EventLog.tail_many` (many run streams at once, for a node's multiplexed tail) reads
-  the same way; a live SSE tail on a cluster needs a wake-up that polling cannot give (a
-  sharded pub/sub doorbell per run slot, for the multiplexed tail to come).
+  :meth:`EventLog.tail_many` reads the same way, and so does :meth:`EventLog.read_node`, a
+  node's multiplexed tail (actors/node_tail.py): one blocking ``XREAD`` over every watched
+  run and the node's control stream on one Redis; on a cluster, pipelined non-blocking
+  rounds that its caller paces (``CODY_TAIL_POLL_MS``).
 - Everything that must be atomic is on one run's keys, which share the ``{run_id}`` hash tag:
   the janitor's orphan ending is one Lua script (:meth:`EventLog.end_orphan`).
 
@@ -558,6 +559,57 @@ class EventLog:
     async def lease_alive(self, node_id: str) -> bool:
         with map_redis_errors():
             return await self._w.exists([self.keys.node_lease(node_id)]) > 0
+
+    # ------------------------------------------------------------------ nodes: control, tail
+
+    async def send_control(self, node_id: str, fields: Mapping[str, str], *,
+                           maxlen: int = 1000, ttl_s: int = 3600) -> str:
+        """Append a control entry (``kind``: ``cancel`` with ``run_id``, or ``wake``) to
+        ``node_id``'s control stream. Capped (approximately ``maxlen``) and expiring: a node
+        that went away leaves nothing behind for long, and a live one reads it at once."""
+        key = self.keys.node_control(node_id)
+        with map_redis_errors():
+            async with self._w.pipeline(transaction=False) as pipe:
+                added = pipe.xadd(key, {k.encode(): v.encode() for k, v in fields.items()},
+                                  trim_strategy=PureToken.MAXLEN, threshold=maxlen,
+                                  trim_operator=PureToken.APPROXIMATELY)
+                pipe.expire(key, ttl_s)
+            return _s(await added or b"")
+
+    async def read_node(self, node_id: str, control_cursor: str, runs: Mapping[str, str],
+                        count: int, block_ms: int
+                        ) -> tuple[list[tuple[str, dict[str, str]]], dict[str, list[Entry]]]:
+        """One read of a node's multiplexed tail: its control stream after
+        ``control_cursor`` and every watched run's stream after its cursor (run id ->
+        cursor). Returns (control entries, run id -> new entries).
+
+        One Redis: a single ``XREAD`` over all of them, blocking up to ``block_ms``
+        (clamped), so one connection per node serves every remote subscriber; a ``wake``
+        entry on the control stream ends it early. A cluster: keys in different slots cannot
+        share one command (``CROSSSLOT``, even on one node), so with runs to read it is one
+        non-blocking round, one ``XREAD`` per key pipelined (coredis sends one batch per
+        cluster node), and the caller polls (``block_ms`` is ignored); with none, a blocking
+        read of the control stream alone."""
+        control_key = self.keys.node_control(node_id)
+        by_key = {self.keys.run_events(run_id): run_id for run_id in runs}
+        streams = {control_key: control_cursor or "0-0"}
+        streams.update({key: runs[run_id] or "0-0" for key, run_id in by_key.items()})
+        if self.cluster and runs:
+            got = await self._read_round(streams, count, None)
+        else:  # one Redis, or a cluster with only the control stream (one key, one slot)
+            with map_redis_errors():
+                got = dict(await self._xread(self._r, streams, count, self._block(block_ms),
+                                             None) or {})
+        control: list[tuple[str, dict[str, str]]] = []
+        entries: dict[str, list[Entry]] = {}
+        for raw_key, found in got.items():
+            key = _s(raw_key)
+            if key == control_key:
+                control = [(_s(e.identifier), _fields(e)) for e in found]
+            elif found and key in by_key:
+                entries[by_key[key]] = [(_s(e.identifier), _b(e.field_values[EVENT_FIELD]))
+                                        for e in found]
+        return control, entries
 
     # -- security: per-tenant run slots (actors/admission.py)
 

@@ -7,6 +7,8 @@ The layout (prefix ``cody``, ``N`` = :attr:`Keys.shards`, default 16)::
     cody:persist:{<i>}             stream   persist queue shard i (0..N-1), group cody-projector
     cody:live:{<i>}                hash     live-run registry shard i: run id -> node id
     cody:node:{<node_id>}:lease    string   a node's lease, with a TTL its janitor refreshes
+    cody:node:{<node_id>}:control  stream   what other nodes tell this one (cancel a run, wake)
+
     cody:node:{<node_id>}:interrupts list   runs of that node other nodes asked to interrupt
     cody:thread:{<thread_id>}:runs     hash runs holding or waiting for the thread -> node
     cody:thread:{<thread_id>}:running  set  its running turns
@@ -20,8 +22,9 @@ atomically (the janitor's orphan ending). The node-wide queues are split into ``
 tagged ``{0}`` .. ``{N-1}``, so that no one cluster node carries every run's checkpoints or
 registrations; a run always uses shard :meth:`Keys.shard_of` (CRC-32 of its id, mod ``N``), so
 its checkpoints stay in order in one stream. Shard ``i`` of the persist queue and of the
-registry share a tag, hence a slot. A node's keys share ``{<node_id>}``, so whatever is added
-per node later (a control stream for cross-node cancel) sits with its lease.
+registry share a tag, hence a slot. A node's keys share ``{<node_id>}``: its control stream
+(cross-node cancel, and the wake-up of its multiplexed tail, actors/node_tail.py) sits with its
+lease.
 
 ``N`` is part of the deployment: every node on one Redis must use the same value, and it must
 not change while checkpoints are pending (a checkpoint in a shard that no projector reads any
@@ -107,6 +110,11 @@ class Keys:
     def node_lease(self, node_id: str) -> str:
         """A node's liveness lease (a string key with a TTL, refreshed by its janitor)."""
         return f"{self.prefix}:node:{{{node_id}}}:lease"
+
+    def node_control(self, node_id: str) -> str:
+        """A node's control stream: ``cancel`` requests from other nodes for runs it owns,
+        and ``wake`` entries that end its multiplexed tail's blocking read early."""
+        return f"{self.prefix}:node:{{{node_id}}}:control"
 
     def node_interrupts(self, node_id: str) -> str:
         """Runs of ``node_id`` that another node asks it to interrupt (a list of run ids)."""

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -150,9 +151,24 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     # umask 077: the AOF and the rest of what redis-server writes hold prompts (0600)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     with open(fd, "ab") as log_file:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=log_file, start_new_session=True, umask=0o077,
-                                preexec_fn=_die_with_parent(os.getpid()))
+        return spawn_tied(args, stdout=log_file, stderr=log_file, umask=0o077)
+
+
+def spawn_tied(args: list[str], *, stdout: Any = subprocess.DEVNULL,
+               stderr: Any = subprocess.DEVNULL, env: dict[str, str] | None = None,
+               pass_fds: tuple[int, ...] = (), umask: int = -1) -> subprocess.Popen[bytes]:
+    """A child in its own session (a Ctrl-C in the terminal reaches only us, who stop it in
+    order) that gets SIGTERM when this process dies, kill -9 included (``PR_SET_PDEATHSIG``;
+    call it from the trio thread, see :func:`_spawn`). The embedded redis-server and the
+    worker nodes of ``cody serve --workers N`` (actors/workers.py) are both started so."""
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                            env=env, pass_fds=pass_fds, start_new_session=True, umask=umask,
+                            preexec_fn=_die_with_parent(os.getpid()))
+
+
+async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for ``proc`` to exit without a thread (a pidfd on Linux); its exit code."""
+    return await _wait_exit(proc)
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
