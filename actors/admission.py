@@ -21,10 +21,7 @@ from collections import defaultdict
 import trio
 
 from actors.local_runs import LocalRuns
-from runtime.clock import WallClock
-from runtime.config import RuntimeConfig
-from runtime.errors import CodyError, Overloaded
-from runtime.eventlog import EventLog
+from runtime import CodyError, EventLog, Overloaded, RuntimeConfig, WallClock
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from runtime.eventlog import entry_key
-from runtime.schema import TERMINAL_EVENT_TYPES
-from runtime.sse import encode_entry
+from runtime import TERMINAL_EVENT_TYPES, encode_entry, entry_key
 
 
 def peek_type(raw: bytes) -> str:

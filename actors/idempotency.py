@@ -21,13 +21,22 @@ from typing import Any
 
 import trio
 
-from runtime.errors import CodyError, IdempotencyInProgress, IdempotencyMismatch
-from runtime.eventlog import Client
-from runtime.idempotency import CLAIM_TTL_S, HEADER, Record, decide, fingerprint
-from runtime.ids import new_uuid
-from runtime.keys import Keys
-from runtime.redis_errors import map_redis_errors
-from runtime.turns import TurnAccepted, TurnRequest
+from runtime import (
+    CLAIM_TTL_S,
+    HEADER,
+    Client,
+    CodyError,
+    IdempotencyInProgress,
+    IdempotencyMismatch,
+    Keys,
+    Record,
+    TurnAccepted,
+    TurnRequest,
+    decide,
+    fingerprint,
+    map_redis_errors,
+    new_uuid,
+)
 
 log = logging.getLogger(__name__)
 

@@ -31,17 +31,19 @@ from typing import Protocol
 
 import trio
 
-from runtime.clock import WallClock
-from runtime.envelope import EventFactory, decode_event, encode_event
-from runtime.errors import RUN_ORPHANED
-from runtime.eventlog import OrphanEnding
-from runtime.ids import new_traceparent
-from runtime.schema import (
+from runtime import (
+    RUN_ORPHANED,
     TERMINAL_EVENT_TYPES,
     TERMINAL_STATUSES,
     ErrorInfo,
+    EventFactory,
+    OrphanEnding,
     ResponseErrorPayload,
     ResponseStart,
+    WallClock,
+    decode_event,
+    encode_event,
+    new_traceparent,
 )
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 import trio
 
 from actors.local_runs import LocalRuns
-from runtime.errors import RedisUnavailable, StoreUnavailable
-from runtime.eventlog import EventLog
-from runtime.store import Store
+from runtime import EventLog, RedisUnavailable, Store, StoreUnavailable
 
 CHECK_TIMEOUT_S = 2.0
 """Each readiness check gives up after this."""

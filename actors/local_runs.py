@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from actors.run_actor import RunActor
-from runtime.errors import ShuttingDown
-from runtime.metrics import Metrics
-from runtime.schema import TERMINAL_STATUSES, Response
+from runtime import TERMINAL_STATUSES, Metrics, Response, ShuttingDown
 
 
 @dataclass(slots=True)

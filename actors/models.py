@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from runtime.catalogue import Catalogue, ModelInfo
+from runtime import Catalogue, ModelInfo
 
 
 class ModelService:

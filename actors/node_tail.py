@@ -45,8 +45,7 @@ import trio
 
 from actors.fanout import Fanout, LogEntry, Subscription, peek_type
 from actors.run_actor import RunActor
-from runtime.eventlog import Entry, EventLog, entry_key
-from runtime.schema import TERMINAL_EVENT_TYPES, TERMINAL_STATUSES
+from runtime import TERMINAL_EVENT_TYPES, TERMINAL_STATUSES, Entry, EventLog, entry_key
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,7 @@ import trio
 
 from actors.providers.provider import ModelProvider, ProviderCall
 from actors.submission import ActorLog
-from runtime.clock import WallClock
-from runtime.errors import CodyError
-from runtime.eventlog import EventLog
-from runtime.metrics import CONTENT_TYPE, Metrics
+from runtime import CONTENT_TYPE, CodyError, EventLog, Metrics, WallClock
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,7 @@ from typing import Protocol
 
 import trio
 
-from runtime.errors import CorruptStream, is_infrastructure
-from runtime.eventlog import Checkpoint
-from runtime.schema import Response
-from runtime.stream_fold import StreamFold, fold_stream
+from runtime import Checkpoint, CorruptStream, Response, StreamFold, fold_stream, is_infrastructure
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Protocol
 import trio
 
 from actors.fanout import Fanout, LogEntry, Subscription
-from runtime.eventlog import entry_key
+from runtime import entry_key
 
 
 class EventSource(Protocol):

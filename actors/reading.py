@@ -25,12 +25,20 @@ from actors.fanout import Fanout
 from actors.local_runs import LocalRuns
 from actors.node_tail import NodeTail
 from actors.reader import RunReader
-from runtime.clock import WallClock
-from runtime.errors import NotFound, StreamExpired, ValidationFailed
-from runtime.eventlog import EventLog, entry_key
-from runtime.schema import TERMINAL_EVENT_TYPES, TERMINAL_STATUSES, Response
-from runtime.store import DEFAULT_TENANT, Store
-from runtime.stream_fold import replay_response
+from runtime import (
+    DEFAULT_TENANT,
+    TERMINAL_EVENT_TYPES,
+    TERMINAL_STATUSES,
+    EventLog,
+    NotFound,
+    Response,
+    Store,
+    StreamExpired,
+    ValidationFailed,
+    WallClock,
+    entry_key,
+    replay_response,
+)
 
 _CURSOR = re.compile(r"^\d{1,20}-\d{1,20}$")
 _U64 = 2**64

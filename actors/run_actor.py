@@ -45,21 +45,24 @@ from actors.providers.protocols import protocol as wire_protocol
 from actors.providers.provider import ModelProvider, ProviderCall
 from actors.providers.settings import RequestSettings
 from actors.tools import ToolResult, ToolRunner
-from runtime.clock import WallClock
-from runtime.config import RuntimeConfig
-from runtime.errors import CodyError, is_infrastructure
-from runtime.ids import child_traceparent, new_traceparent
-from runtime.reducer import ResponseReducer
-from runtime.schema import OutputItem, Response
-from runtime.turn_machine import (
+from runtime import (
     Append,
+    CodyError,
     Command,
     Finished,
+    OutputItem,
+    Response,
+    ResponseReducer,
+    RuntimeConfig,
     RunTools,
     SendRequest,
     TurnLimits,
     TurnMachine,
     TurnSpec,
+    WallClock,
+    child_traceparent,
+    is_infrastructure,
+    new_traceparent,
 )
 
 log = logging.getLogger(__name__)

@@ -19,14 +19,22 @@ from dataclasses import dataclass
 
 from actors.local_runs import LocalRuns
 from actors.reading import ReadingService
-from runtime.clock import WallClock
-from runtime.envelope import decode_event
-from runtime.errors import NotFound
-from runtime.eventlog import EventLog
-from runtime.runs_listing import RunPage, in_page_range, listing_key, matches, merge_page
-from runtime.schema import Response, ResponseStart
-from runtime.store import Store
-from runtime.store.protocol import DEFAULT_TENANT, RunQuery
+from runtime import (
+    DEFAULT_TENANT,
+    EventLog,
+    NotFound,
+    Response,
+    ResponseStart,
+    RunPage,
+    RunQuery,
+    Store,
+    WallClock,
+    decode_event,
+    in_page_range,
+    listing_key,
+    matches,
+    merge_page,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,23 +35,30 @@ from actors.reading import ReadingService
 from actors.run_actor import RunActor, RunLimits, RunSpec
 from actors.thread_policies import ThreadPolicies
 from actors.tools import ExecPolicy, ToolRunner
-from runtime.catalogue import Catalogue, Resolved, reasoning_defaults
-from runtime.clock import WallClock
-from runtime.config import RuntimeConfig
-from runtime.errors import (
+from runtime import (
+    DEFAULT_TENANT,
+    TERMINAL_STATUSES,
+    Catalogue,
     Conflict,
+    EventLog,
+    GroupCommitter,
+    OutputItem,
     Overloaded,
     ProviderNotConfigured,
+    Resolved,
+    Response,
+    RuntimeConfig,
+    Store,
     ThreadBusy,
+    TurnAccepted,
+    TurnRequest,
     ValidationFailed,
+    WallClock,
+    history_items,
+    new_uuid,
+    parse_traceparent,
+    reasoning_defaults,
 )
-from runtime.eventlog import EventLog
-from runtime.group_commit import GroupCommitter
-from runtime.ids import new_uuid, parse_traceparent
-from runtime.schema import TERMINAL_STATUSES, OutputItem, Response
-from runtime.store import DEFAULT_TENANT, Store
-from runtime.thread_policy import history_items
-from runtime.turns import TurnAccepted, TurnRequest
 
 CANCEL_WAIT_S = 30.0
 """How long a cancel waits for the run's ending to be written before answering."""

@@ -55,18 +55,28 @@ from actors.submission import ActorLog, SubmissionService
 from actors.thread_policies import ThreadPolicies
 from actors.threads import ThreadService
 from actors.tools import hide_process_from_commands
-from runtime.auth import Security
-from runtime.catalogue import Catalogue, load_configured
-from runtime.clock import SystemClock, WallClock
-from runtime.config import RuntimeConfig
-from runtime.eventlog import EventLog, open_redis
-from runtime.group_commit import GroupCommitter
-from runtime.ids import new_uuid
-from runtime.keys import Keys
-from runtime.metrics import Metrics, ScrapeSources
-from runtime.redis_server import embedded_redis
-from runtime.store import Store, open_store
-from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise
+from runtime import (
+    Catalogue,
+    ChildSpec,
+    EventLog,
+    GroupCommitter,
+    Keys,
+    Metrics,
+    RestartPolicy,
+    RuntimeConfig,
+    ScrapeSources,
+    Security,
+    Store,
+    SupervisorOptions,
+    SystemClock,
+    WallClock,
+    embedded_redis,
+    load_configured,
+    new_uuid,
+    open_redis,
+    open_store,
+    supervise,
+)
 
 log = logging.getLogger(__name__)
 

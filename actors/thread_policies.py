@@ -32,18 +32,19 @@ from typing import Any, Protocol
 
 import trio
 
-from runtime.errors import CodyError, RedisUnavailable
-from runtime.eventlog import Client
-from runtime.keys import Keys
-from runtime.redis_errors import map_redis_errors
-from runtime.schema import OutputItem
-from runtime.thread_policy import (
+from runtime import (
     ENDED_KEPT,
     INTERRUPTED,
     STRATEGIES,
     Admission,
+    Client,
+    CodyError,
+    Keys,
+    OutputItem,
     Promotion,
+    RedisUnavailable,
     Strategy,
+    map_redis_errors,
     parse_admission,
     parse_promotion,
 )

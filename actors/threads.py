@@ -10,10 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors.local_runs import LocalRuns, freshest
-from runtime.errors import NotFound, ValidationFailed
-from runtime.ids import new_uuid
-from runtime.schema import Response
-from runtime.store import DEFAULT_TENANT, Store, Thread
+from runtime import DEFAULT_TENANT, NotFound, Response, Store, Thread, ValidationFailed, new_uuid
 
 MAX_PAGE = 500
 """The most threads one listing returns."""

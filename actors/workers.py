@@ -44,10 +44,14 @@ from dataclasses import dataclass, field
 
 import trio
 
-from runtime.config import RuntimeConfig
-from runtime.errors import SupervisorGaveUp
-from runtime.redis_server import embedded_redis, spawn_tied, wait_exit
-from runtime.store import open_store
+from runtime import (
+    RuntimeConfig,
+    SupervisorGaveUp,
+    embedded_redis,
+    open_store,
+    spawn_tied,
+    wait_exit,
+)
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors.system import Services
+from actors import Services
 from api.auth import current_tenant, events_url, install_auth
 from api.bodies import read_json
 from api.console import register_console
@@ -34,12 +34,16 @@ from api.cors import install_cors
 from api.errors import from_cody, from_http, from_unexpected
 from api.models import ThreadCreate, ThreadPatch
 from api.openapi import openapi_document
-from runtime.errors import CodyError, ValidationFailed
-from runtime.idempotency import HEADER as IDEMPOTENCY_HEADER
-from runtime.idempotency import check_key as check_idempotency_key
-from runtime.ids import canonical_uuid
-from runtime.sse import KEEP_ALIVE, STREAM_OPEN
-from runtime.turns import TurnRequest
+from runtime import HEADER as IDEMPOTENCY_HEADER
+from runtime import (
+    KEEP_ALIVE,
+    STREAM_OPEN,
+    CodyError,
+    TurnRequest,
+    ValidationFailed,
+    canonical_uuid,
+)
+from runtime import check_key as check_idempotency_key
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                "Connection": "keep-alive"}

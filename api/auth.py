@@ -17,10 +17,7 @@ import time
 from quart import g, request
 from quart_trio import QuartTrio
 
-from runtime.auth import Security
-from runtime.errors import Unauthorized
-from runtime.ids import canonical_uuid
-from runtime.store.protocol import DEFAULT_TENANT
+from runtime import DEFAULT_TENANT, Security, Unauthorized, canonical_uuid
 
 OPEN_PATHS = frozenset({"/api/v2/health", "/api/v2/ready"})
 EVENTS_ENDPOINT = "run_events"

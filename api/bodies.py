@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from quart import request
 
 from api.errors import validation_failed
-from runtime.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from runtime import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)
 

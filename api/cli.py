@@ -26,10 +26,7 @@ from typing import Any, TextIO
 import httpx
 import trio
 
-from runtime.auth import check_bind
-from runtime.config import RuntimeConfig
-from runtime.errors import ValidationFailed
-from runtime.sse import SSEDecoder
+from runtime import RuntimeConfig, SSEDecoder, ValidationFailed, check_bind
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -79,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
 
             trio.run(partial(serve, config, ready=ready, announce=False))
         elif config.workers > 1:
-            from actors.workers import serve_workers
+            from actors import serve_workers
 
             trio.run(partial(serve_workers, config, log_level=args.log_level))
         else:

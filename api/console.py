@@ -18,10 +18,9 @@ from typing import Any
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from actors.system import Services
+from actors import Services
 from api.auth import current_tenant
-from runtime.errors import NotFound, ValidationFailed
-from runtime.ids import is_uuid
+from runtime import NotFound, ValidationFailed, is_uuid
 
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}

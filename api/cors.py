@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from runtime.errors import OriginNotAllowed
+from runtime import OriginNotAllowed
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ALLOW_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from quart import Response
 from werkzeug.exceptions import HTTPException
 
-from runtime.errors import (
+from runtime import (
     CodyError,
     HttpError,
     MethodNotAllowed,

@@ -16,11 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.console import console_paths
 from api.models import ErrorBody, ThreadCreate, ThreadPatch
-from runtime.catalogue import ModelInfo
-from runtime.runs_listing import RunPage
-from runtime.schema import Response, StreamEvent
-from runtime.store import Thread
-from runtime.turns import TurnAccepted, TurnRequest
+from runtime import ModelInfo, Response, RunPage, StreamEvent, Thread, TurnAccepted, TurnRequest
 
 
 def _ref(name: str) -> dict[str, str]:

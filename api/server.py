@@ -23,12 +23,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio import serve as hypercorn_serve
 
-from actors.system import Services, open_runtime
+from actors import Services, open_runtime
 from api.app import create_app
-from runtime.auth import check_bind
-from runtime.config import RuntimeConfig
-from runtime.slow_steps import SlowSteps
-from runtime.supervisor import ChildSpec, RestartPolicy
+from runtime import ChildSpec, RestartPolicy, RuntimeConfig, SlowSteps, check_bind
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from actors.providers.base import ToolSpec, call_ids, wire_role
 from actors.providers.settings import RequestSettings
-from runtime.schema import (
+from runtime import (
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,

@@ -59,8 +59,9 @@ from actors.providers.fastpath import loads as _loads
 from actors.providers.fastpath import new_delta as _new_delta
 from actors.providers.provider_errors import classify
 from actors.providers.sse_normaliser import SSENormaliser, Violation, require_dict
-from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION
-from runtime.schema import (
+from runtime import (
+    MALFORMED_CHUNK,
+    SCHEMA_VIOLATION,
     FunctionCallItem,
     ItemDone,
     ItemStart,
@@ -69,10 +70,10 @@ from runtime.schema import (
     Payload,
     ReasoningItem,
     ResponseDone,
+    SSEMessage,
     Usage,
     UsageUpdate,
 )
-from runtime.sse import SSEMessage
 
 PROVIDER = "anthropic"
 _FINISH_REASONS = {

@@ -24,13 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from runtime.schema import (
-    FunctionCallItem,
-    FunctionCallOutputItem,
-    MessageItem,
-    OutputItem,
-    Payload,
-)
+from runtime import FunctionCallItem, FunctionCallOutputItem, MessageItem, OutputItem, Payload
 
 
 class StreamNormaliser(Protocol):

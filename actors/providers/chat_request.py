@@ -32,7 +32,7 @@ from typing import Any
 
 from actors.providers.base import ToolSpec, wire_role
 from actors.providers.settings import RequestSettings
-from runtime.schema import FunctionCallItem, FunctionCallOutputItem, MessageItem, OutputItem
+from runtime import FunctionCallItem, FunctionCallOutputItem, MessageItem, OutputItem
 
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 

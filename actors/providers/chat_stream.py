@@ -77,8 +77,9 @@ from actors.providers.fastpath import scan as _scan
 from actors.providers.fastpath import scanstring as _scanstring
 from actors.providers.provider_errors import classify
 from actors.providers.sse_normaliser import SSENormaliser, Violation
-from runtime.errors import MALFORMED_CHUNK, SCHEMA_VIOLATION
-from runtime.schema import (
+from runtime import (
+    MALFORMED_CHUNK,
+    SCHEMA_VIOLATION,
     FunctionCallItem,
     ItemDone,
     ItemStart,
@@ -87,10 +88,10 @@ from runtime.schema import (
     Payload,
     ReasoningItem,
     ResponseDone,
+    SSEMessage,
     Usage,
     UsageUpdate,
 )
-from runtime.sse import SSEMessage
 
 PROVIDER = "openai-chat"
 EVENT = "chat.completion.chunk"

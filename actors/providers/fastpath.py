@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from runtime.schema import ItemDelta
+from runtime import ItemDelta
 
 scan: Callable[[str, int], tuple[Any, int]]
 scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]

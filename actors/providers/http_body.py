@@ -33,7 +33,7 @@ import h11
 import httpx
 import trio
 
-from runtime.errors import ProviderError
+from runtime import ProviderError
 
 READ_BYTES = 65_536
 

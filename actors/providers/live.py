@@ -62,9 +62,7 @@ import trio
 from actors.providers.http_body import ProviderBody
 from actors.providers.provider import ModelProvider, ProviderCall
 from actors.providers.provider_errors import classify, redact
-from runtime.catalogue import ProviderSpec, builtin_providers
-from runtime.config import RuntimeConfig
-from runtime.errors import (
+from runtime import (
     CONTEXT_TOO_LONG,
     MODEL_NOT_FOUND,
     PROVIDER_AUTH,
@@ -72,6 +70,9 @@ from runtime.errors import (
     PROVIDER_IDLE_TIMEOUT,
     PROVIDER_UNREACHABLE,
     ProviderError,
+    ProviderSpec,
+    RuntimeConfig,
+    builtin_providers,
 )
 
 log = logging.getLogger(__name__)

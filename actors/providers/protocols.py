@@ -29,7 +29,7 @@ from actors.providers.chat_stream import ChatCompletionsNormaliser
 from actors.providers.openai_request import build_openai_request
 from actors.providers.openai_stream import OpenAIResponsesNormaliser
 from actors.providers.settings import RequestSettings
-from runtime.schema import OutputItem
+from runtime import OutputItem
 
 NormaliserFactory = Callable[[str], StreamNormaliser]
 """Makes the normaliser of one model request's stream, given the run (response) id."""

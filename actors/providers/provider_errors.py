@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from runtime.errors import CONTEXT_TOO_LONG, MODEL_NOT_FOUND, PROVIDER_AUTH
+from runtime import CONTEXT_TOO_LONG, MODEL_NOT_FOUND, PROVIDER_AUTH
 
 _AUTH_CODES = frozenset({"invalid_api_key", "authentication_error", "permission_error",
                          "unauthorized", "forbidden", "invalid_authentication"})

@@ -19,7 +19,7 @@ import trio
 from actors.datadir import private_open
 from actors.providers.fixtures import FixtureLibrary
 from actors.providers.provider import ProviderCall
-from runtime.errors import REPLAY_EXHAUSTED, REPLAY_NO_FIXTURE, ProviderError
+from runtime import REPLAY_EXHAUSTED, REPLAY_NO_FIXTURE, ProviderError
 
 
 def split_blocks(body: bytes) -> list[bytes]:

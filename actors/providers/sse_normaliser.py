@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from runtime.errors import STREAM_TRUNCATED
-from runtime.schema import ErrorInfo, Payload, ResponseErrorPayload
-from runtime.sse import SSEDecoder, SSEMessage
+from runtime import (
+    STREAM_TRUNCATED,
+    ErrorInfo,
+    Payload,
+    ResponseErrorPayload,
+    SSEDecoder,
+    SSEMessage,
+)
 
 
 class Violation(Exception):

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import trio
 
-from runtime.config import DEFAULT_EXEC_ENV, RuntimeConfig
+from runtime import DEFAULT_EXEC_ENV, RuntimeConfig
 
 _READ_CHUNK = 65_536
 _LEFTOVER_GRACE_S = 1.0
