@@ -7,8 +7,9 @@ here (tests/unit/test_layers.py pins it).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from runtime import lazy_getattr
 
 if TYPE_CHECKING:
     from actors.system import Services, open_runtime
@@ -22,14 +23,7 @@ _ORIGINS: dict[str, str] = {
 """Where each public name lives: its module is imported on first use."""
 
 
-def __getattr__(name: str) -> object:
-    try:
-        module = _ORIGINS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once loaded, a plain attribute
-    return value
+__getattr__ = lazy_getattr(__name__, _ORIGINS, globals())
 
 
 __all__ = [

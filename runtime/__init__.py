@@ -8,8 +8,9 @@ module inside can be split or renamed without touching the layers above.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from runtime.faces import lazy_getattr
 
 if TYPE_CHECKING:
     from runtime.auth import Security, check_bind
@@ -139,6 +140,7 @@ if TYPE_CHECKING:
     from runtime.turns import TurnAccepted, TurnRequest
 
 _ORIGINS: dict[str, str] = {
+    "lazy_getattr": "runtime.faces",
     "Security": "runtime.auth",
     "check_bind": "runtime.auth",
     "Catalogue": "runtime.catalogue",
@@ -285,14 +287,7 @@ _ORIGINS: dict[str, str] = {
 """Where each public name lives: its module is imported on first use."""
 
 
-def __getattr__(name: str) -> object:
-    try:
-        module = _ORIGINS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once loaded, a plain attribute
-    return value
+__getattr__ = lazy_getattr(__name__, _ORIGINS, globals())
 
 
 __all__ = [
@@ -421,6 +416,7 @@ __all__ = [
     "in_page_range",
     "is_infrastructure",
     "is_uuid",
+    "lazy_getattr",
     "listing_key",
     "load_configured",
     "map_redis_errors",
