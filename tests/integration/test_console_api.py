@@ -292,5 +292,12 @@ async def test_metrics_count_the_janitors_endings(redis_url: str, key_prefix: st
                 if last is not None and last[1] == "response_error":
                     break
                 await trio.sleep(0.05)
+            # the janitor counts the ending once its script returns, a moment after the entry
+            # is readable: wait for the count, then check it is exactly one
+            for _ in range(1000):  # bounded by the fail_after too
+                if _samples(rt.metrics.render().decode())[("cody_janitor_endings_total", ())]:
+                    break
+                await trio.sleep(0.01)
+            await trio.sleep(0.5)  # two more sweeps: the run is not ended twice
             samples = _samples(rt.metrics.render().decode())
             assert samples[("cody_janitor_endings_total", ())] == 1
