@@ -8,7 +8,6 @@ server stops, then the runtime closes and the embedded redis-server is shut down
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -21,10 +20,13 @@ from collections.abc import AsyncIterator, Callable
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
+from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
 
 from actors import Services, open_runtime
 from api.app import create_app
+from api.gc_policy import YoungOnlyGC
 from runtime import ChildSpec, RestartPolicy, RuntimeConfig, SlowSteps, check_bind
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,41 @@ class _Config(HypercornConfig):
         return sockets
 
 
+class _ConnectionServer(TCPServer):
+    """Hypercorn's per-connection server, letting go of its parts once the connection is over.
+
+    Hypercorn's ``TCPServer`` holds its protocol, which holds the server's bound
+    ``protocol_send``: a reference cycle (with the h11 connection, the locks, the task
+    group, the socket: 36 objects) per connection, which reference counting cannot free.
+    Such a connection lives as long as its run, so the cycle outlives every young
+    collection and only a full one could reclaim it (api/gc_policy.py freezes survivors,
+    so it would wait for the next idle moment). Once ``run`` returns nothing uses the
+    server again; clearing its attributes breaks the cycle and the connection is freed at
+    once (tests/integration/test_no_cycles.py counts what an HTTP run leaves).
+    """
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            self.__dict__.clear()
+
+
+def use_connection_server() -> None:
+    """Make Hypercorn's trio worker build :class:`_ConnectionServer` for each connection.
+
+    Hypercorn has no hook for its connection class; its worker looks the name up in its
+    module when it accepts, so the name is replaced there, once per process (idempotent).
+    Raises AssertionError when Hypercorn no longer has it where 0.18 keeps it, so an
+    upgrade that moves it fails the tests instead of silently bringing the cycles back."""
+    current = getattr(hypercorn_run, "TCPServer", None)
+    if current is _ConnectionServer:
+        return
+    if current is not TCPServer:
+        raise AssertionError("hypercorn.trio.run.TCPServer is not hypercorn's TCPServer")
+    setattr(hypercorn_run, "TCPServer", _ConnectionServer)  # noqa: B010 - not exported
+
+
 def hypercorn_config(config: RuntimeConfig) -> HypercornConfig:
     hc = _Config()
     hc.send_timeout_s = config.sse_send_timeout_s
@@ -71,6 +108,7 @@ def hypercorn_config(config: RuntimeConfig) -> HypercornConfig:
 
 
 def http_worker(services: Services, stop: trio.Event) -> ChildSpec:
+    use_connection_server()
     app = create_app(services)
     hc = hypercorn_config(services.config)
 
@@ -88,17 +126,6 @@ async def _watch_signals(signals: AsyncIterator[int], first: trio.Event) -> None
         if not first.is_set():
             log.info("signal %s: draining", signum)
             first.set()
-
-
-def tune_gc() -> None:
-    """A streaming server makes many short-lived objects per event and some cycles per run;
-    with CPython's defaults (700, 10, 10) full collections come often and stalled every
-    stream for 100+ ms at 500 live runs (p99 token latency 105-142 ms, measured). Start-up
-    objects (modules, models, the app) are frozen out of collection, young collections run
-    every 2,000 allocations, and full ones a tenth as often (p99 28-31 ms, same load);
-    reference counting still frees almost everything at once."""
-    gc.freeze()
-    gc.set_threshold(2_000, 20, 100)
 
 
 def _exit_by_deadline(deadline_s: float) -> threading.Timer:
@@ -131,28 +158,33 @@ async def serve(config: RuntimeConfig, *, ready: Callable[[], None] | None = Non
         slow = SlowSteps(config.slow_step_ms)
         slow.watch_gc()
         trio.lowlevel.add_instrument(slow)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, signals, draining)
-            async with open_runtime(config,
-                                    workers=lambda rt: [http_worker(rt, stop)]) as runtime:
-                mode = "replay" if runtime.config.replay else "live"  # a key may decide
-                log.info("cody serving on http://%s:%d (%s mode, redis %s, catalogue %s)",
-                         config.host, config.port, mode, config.redis_url or "embedded",
-                         runtime.models.catalogue.source or "built-in")
-                if announce:
-                    print(f"cody: serving on http://{config.host}:{config.port} ({mode} mode)",
-                          flush=True)
-                if ready is not None:
-                    ready()
-                tune_gc()
-                await draining.wait()
-                _exit_by_deadline(config.drain_timeout_s)
-                await runtime.lifecycle.drain("server shutting down",
-                                              timeout_s=max(0.5, config.drain_timeout_s - 2.0))
-                # let SSE generators flush their terminal frames, then stop accepting
-                await trio.sleep(0.2)
-                stop.set()
-                await trio.sleep(0.1)
-            nursery.cancel_scope.cancel()
+    collector = YoungOnlyGC()
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_signals, signals, draining)
+                async with open_runtime(config,
+                                        workers=lambda rt: [http_worker(rt, stop)]) as runtime:
+                    mode = "replay" if runtime.config.replay else "live"  # a key may decide
+                    log.info("cody serving on http://%s:%d (%s mode, redis %s, catalogue %s)",
+                             config.host, config.port, mode, config.redis_url or "embedded",
+                             runtime.models.catalogue.source or "built-in")
+                    if announce:
+                        print(f"cody: serving on http://{config.host}:{config.port} "
+                              f"({mode} mode)", flush=True)
+                    if ready is not None:
+                        ready()
+                    collector.install()  # after start-up: what it made is frozen
+                    nursery.start_soon(collector.run, lambda: bool(runtime.runs.actors))
+                    await draining.wait()
+                    _exit_by_deadline(config.drain_timeout_s)
+                    await runtime.lifecycle.drain("server shutting down",
+                                                  timeout_s=max(0.5, config.drain_timeout_s - 2.0))
+                    # let SSE generators flush their terminal frames, then stop accepting
+                    await trio.sleep(0.2)
+                    stop.set()
+                    await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+    finally:
+        collector.uninstall()
     print("cody: stopped", flush=True)

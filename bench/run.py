@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.providers.replay import split_blocks
 from actors.system import open_runtime
-from api.server import tune_gc
+from api.gc_policy import YoungOnlyGC
 from bench import http_load as h
 from bench import reducer as hot
 from bench import scale_out
@@ -174,7 +174,7 @@ class InProcess:
 
 
 async def in_process(table: Table, ip: InProcess) -> None:
-    tune_gc()  # as cody serve does
+    YoungOnlyGC().install()  # as cody serve does (its full collections need the server)
     table.section("hot path, one core, no I/O: provider bytes -> normaliser -> envelope -> "
                   "reducer")
     for provider in ("openai", "anthropic"):

@@ -21,10 +21,13 @@ import pytest
 import trio
 
 from actors.system import CodyRuntime
+from api.gc_policy import YoungOnlyGC
+from bench.rawhttp import get_stream, post_json
 from runtime.turns import TurnRequest
 from tests import fake_provider
 from tests.fake_provider import FakeProvider, Fault
 from tests.integration.test_runtime import read_all, runtime_for, turn, wait_stored
+from tests.serving import serving
 
 RUNS = 6
 
@@ -126,3 +129,50 @@ async def test_replayed_runs_leave_no_reference_cycles(tmp_path: Path, redis_url
             for name in ("simple_message", "tool_read_file"):
                 request = turn("openai", name)
                 await runs_leave_no_cycles(name, lambda r=request: one_turn(rt, r))
+
+
+HTTP_RUNS = 60
+
+
+async def http_run(port: int) -> None:
+    """A submit and the run's SSE stream, each on a connection of its own (HTTP/1.0: the
+    server closes it), as bench/run.py's clients do."""
+    status, accepted = await post_json("127.0.0.1", port, "/api/v2/runs", {
+        "prompt": "hi", "provider_id": "openai", "model": "gpt-5-mini", "tools": []})
+    assert status == 202, accepted
+    async for chunk in get_stream("127.0.0.1", port,
+                                  f"/api/v2/runs/{accepted['run_id']}/events"):
+        if b"response_done" in chunk or b"response_error" in chunk:
+            break
+
+
+async def test_http_runs_leave_nothing_past_a_young_collection(tmp_path: Path) -> None:
+    """Over real HTTP, under ``cody serve``'s GC policy (api/gc_policy.py: young collections,
+    their survivors frozen), a full collection then finds what the server would keep until
+    its next idle moment: less than an object per run. Hypercorn's connection server left
+    36 objects per connection in cycles (72 per run) before ``_ConnectionServer``; werkzeug's
+    URL matcher makes a small cycle per request, which dies young and is frozen only when a
+    young collection happens to run inside the match. (``serving`` serves through
+``api.server.http_worker``, which installs the connection server.)"""
+    thresholds = gc.get_threshold()
+    with trio.fail_after(60):
+        async with serving(tmp_path) as served:
+            port = int(served.base_url.rsplit(":", 1)[1])
+            for _ in range(3):  # warm caches
+                await http_run(port)
+            await trio.sleep(0.3)
+            policy = YoungOnlyGC()
+            policy.install()
+            try:
+                for _ in range(HTTP_RUNS):
+                    await http_run(port)
+                await trio.sleep(0.5)  # the projector folds and stores the last runs
+                assert policy.young > 0
+                gc.unfreeze()
+                found, kinds = cyclic_garbage()
+            finally:
+                policy.uninstall()
+                gc.unfreeze()
+                gc.set_threshold(*thresholds)
+    assert found < HTTP_RUNS, f"{found / HTTP_RUNS:.1f} objects in cycles per HTTP run: " \
+        f"{kinds.most_common(12)}"

@@ -9,7 +9,6 @@ import time
 import pytest
 import trio
 
-from api.server import tune_gc
 from runtime.slow_steps import SlowSteps
 
 
@@ -26,17 +25,6 @@ async def test_a_step_that_holds_the_loop_is_logged(caplog: pytest.LogCaptureFix
         trio.lowlevel.remove_instrument(slow)
     assert slow.slow >= 1
     assert "held the loop for" in caplog.text
-
-
-def test_tune_gc_freezes_startup_objects_and_collects_less_often() -> None:
-    before = gc.get_threshold()
-    try:
-        tune_gc()
-        assert gc.get_freeze_count() > 0
-        assert gc.get_threshold()[0] > before[0]
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
 
 
 def test_slow_collections_are_logged(caplog: pytest.LogCaptureFixture) -> None:
