@@ -114,7 +114,7 @@ if TYPE_CHECKING:
     from runtime.sse import KEEP_ALIVE, STREAM_OPEN, SSEDecoder, SSEMessage, encode_entry
     from runtime.store import DEFAULT_TENANT, Store, Thread, open_store
     from runtime.store.protocol import RunQuery
-    from runtime.stream_fold import StreamFold, fold_stream, replay_response
+    from runtime.stream_fold import StreamFold, fold_stream, fold_streams, replay_response
     from runtime.supervisor import ChildSpec, RestartPolicy, SupervisorOptions, supervise
     from runtime.thread_policy import (
         ENDED_KEPT,
@@ -259,6 +259,7 @@ _ORIGINS: dict[str, str] = {
     "RunQuery": "runtime.store.protocol",
     "StreamFold": "runtime.stream_fold",
     "fold_stream": "runtime.stream_fold",
+    "fold_streams": "runtime.stream_fold",
     "replay_response": "runtime.stream_fold",
     "ChildSpec": "runtime.supervisor",
     "RestartPolicy": "runtime.supervisor",
@@ -412,6 +413,7 @@ __all__ = [
     "entry_key",
     "fingerprint",
     "fold_stream",
+    "fold_streams",
     "history_items",
     "in_page_range",
     "is_infrastructure",

@@ -397,6 +397,21 @@ class EventLog:
                                            "+", count=count)
         return [(_s(e.identifier), _b(e.field_values[EVENT_FIELD])) for e in entries]
 
+    async def read_after_many(self, reads: Sequence[tuple[str, str, int]]
+                              ) -> list[list[Entry]]:
+        """:meth:`read_after` for several runs (``(run_id, cursor, count)`` each) in one
+        pipelined round trip: the projector folds a batch of runs at the cost of one."""
+        if len(reads) == 1:
+            run_id, cursor, count = reads[0]
+            return [await self.read_after(run_id, cursor, count)]
+        with map_redis_errors():
+            async with self._w.pipeline(transaction=False) as pipe:
+                pending = [pipe.xrange(self.keys.run_events(run_id), f"({cursor or '0-0'}",
+                                       "+", count=count) for run_id, cursor, count in reads]
+            pages = [await request for request in pending]
+        return [[(_s(e.identifier), _b(e.field_values[EVENT_FIELD])) for e in entries]
+                for entries in pages]
+
     async def read_all(self, run_id: str, *, page: int = 1000) -> list[Entry]:
         """The whole stream, read in pages (replay from the start)."""
         out: list[Entry] = []
@@ -730,15 +745,21 @@ class EventLog:
         await self.ack(bad)
         return good
 
-    async def ack(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """XACK: these checkpoints are done (persisted, or dropped as malformed)."""
-        if not checkpoints:
+    async def ack(self, checkpoints: Sequence[Checkpoint], *, retain: Sequence[str] = (),
+                  ttl_s: int = 0) -> None:
+        """XACK: these checkpoints are done (persisted, or dropped as malformed). With
+        ``retain``, those (terminal, persisted) runs' keys get ``ttl_s`` first, in the same
+        pipelined round trip (as :meth:`set_retention`)."""
+        if not checkpoints and not retain:
             return
         by_shard: dict[int, list[str]] = defaultdict(list)
         for c in checkpoints:
             by_shard[c.shard].append(c.entry_id)
         with map_redis_errors():
             async with self._w.pipeline(transaction=False) as pipe:
+                for run_id in retain:
+                    for key in self.keys.run_keys(run_id):
+                        pipe.expire(key, ttl_s)
                 for shard, ids in by_shard.items():
                     pipe.xack(self.keys.persist_shard(shard), self.keys.projector_group, ids)
 

@@ -16,7 +16,7 @@ No trio here: the source is anything with the event log's ``read_after``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -81,6 +81,40 @@ async def fold_stream(source: PagedEvents, fold: StreamFold, *, until_seq: int |
             break
         fold.feed(entries)
     return fold
+
+
+class PagedManyEvents(PagedEvents, Protocol):
+    async def read_after_many(self, reads: Sequence[tuple[str, str, int]]
+                              ) -> list[list[tuple[str, bytes]]]: ...
+
+
+async def fold_streams(source: PagedManyEvents, folds: Sequence[tuple[StreamFold, int]], *,
+                       page: int = 1000) -> dict[str, Exception]:
+    """:func:`fold_stream` for several runs at once, each to its ``until_seq``: every round
+    reads the next page of all the runs not done yet in one pipelined call. A run whose
+    stream cannot be folded is left out of the later rounds and its error returned (by run
+    id); the others are folded as usual.
+
+    Raises:
+        RedisUnavailable: from the source (nothing is returned: the caller retries all).
+    """
+    failed: dict[str, Exception] = {}
+    todo = [(fold, seq) for fold, seq in folds if fold.reducer.last_seq < seq]
+    while todo:
+        pages = await source.read_after_many([(f.run_id, f.last_id, page) for f, _ in todo])
+        left = []
+        for (fold, seq), entries in zip(todo, pages, strict=True):
+            if not entries:
+                continue
+            try:
+                fold.feed(entries)
+            except Exception as exc:  # the run is poison: the caller decides what it costs
+                failed[fold.run_id] = exc
+                continue
+            if fold.reducer.last_seq < seq:
+                left.append((fold, seq))
+        todo = left
+    return failed
 
 
 async def replay_response(source: PagedEvents, run_id: str) -> Response | None:
