@@ -80,8 +80,9 @@ class RunLog(Protocol):
     """What the actor needs of the Redis event log.
 
     ``append`` either stores the whole batch and returns its entry ids, or raises (a
-    ``RedisUnavailable`` is retried) having stored none of it; cancelled while its batch is
-    still queued, it is withdrawn (``runtime/group_commit.py``)."""
+    ``RedisUnavailable`` is retried; a ``RunFenced``, the run ended by another node's janitor,
+    stops the actor) having stored none of it; cancelled while its batch is still queued, it
+    is withdrawn (``runtime/group_commit.py``). ``set_status`` leaves a status a janitor set."""
 
     async def append(self, run_id: str, events: Sequence[bytes],
                      checkpoint_seq: int | None = None) -> list[str]: ...

@@ -141,7 +141,8 @@ class ToolOutcome(Protocol):
 class Append:
     """Append ``data`` (the encoded ``events``, in order) to the run's stream, in one round
     trip, with a persistence checkpoint at ``checkpoint_seq`` when it is not None; then say
-    ``append_succeeded`` (and publish the events) or ``append_failed`` (and publish nothing).
+    ``append_succeeded`` (and publish the events) or ``append_failed`` (and publish nothing;
+    ``append_fenced`` when Redis refused it because someone else ended the run).
     ``terminal``: this batch ends the run's stream."""
 
     events: tuple[StreamEvent, ...]
