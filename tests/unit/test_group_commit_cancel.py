@@ -96,6 +96,6 @@ async def test_a_fenced_run_in_a_round_trip_fails_alone(mock_clock: trio.testing
                 await trio.lowlevel.checkpoint()
                 await nursery.start(committer.run)
             nursery.cancel_scope.cancel()
-    assert committer.round_trips == 1 and log.written == ["a", "b"]
+    assert committer.round_trips == 1 and sorted(log.written) == ["a", "b"]
     assert isinstance(got["fenced"], RunFenced) and got["fenced"].ended_by == "node-b"
-    assert got["a"] == ["1-0"] and got["b"] == ["2-0"]
+    assert sorted([got["a"], got["b"]]) == [["1-0"], ["2-0"]]  # trio picks the order
