@@ -53,7 +53,7 @@ SWEEP_CONCURRENCY = 4
 
 
 class JanitorLog(Protocol):
-    async def refresh_lease(self, node_id: str, ttl_s: int) -> None: ...
+    async def refresh_lease(self, node_id: str, ttl_s: int) -> bool: ...
 
     async def lease_alive(self, node_id: str) -> bool: ...
 
@@ -95,6 +95,8 @@ class Janitor:
         """Orphans this janitor ended (wrote RUN_ORPHANED for)."""
         self.settled = 0
         """Runs found ended but still registered, checkpointed and unregistered again."""
+        self.lapses = 0
+        """Times this node found its own lease lapsed when it refreshed it."""
         self.lost = 0
         """Orphans this janitor found but did not end (another janitor was first, or the run
         moved on): the atomic check at work."""
@@ -114,9 +116,18 @@ class Janitor:
                 await trio.sleep(self._interval)
 
     async def _keep_lease(self) -> None:
+        """Refresh the lease every ``interval_s``. A refresh that finds it gone means this
+        node was stalled (or cut off from Redis) past ``lease_ttl_s``: the other nodes may
+        have ended its runs ``RUN_ORPHANED`` meanwhile, and the appends of those runs are
+        now refused (their actors stop, ``actors/run_actor.py``). That is said once per
+        lapse, and the lease is taken again: the node serves on."""
         while True:
             await trio.sleep(self._interval)
-            await self._log.refresh_lease(self.node_id, self._ttl)
+            if not await self._log.refresh_lease(self.node_id, self._ttl):
+                self.lapses += 1
+                log.warning("janitor: node %s's lease had lapsed (stalled or cut off from "
+                            "Redis for more than %d s): other nodes may have ended its runs; "
+                            "lease taken again", self.node_id, self._ttl)
 
     async def sweep(self) -> int:
         """One pass over the registry; returns how many orphans this pass ended.

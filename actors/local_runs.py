@@ -109,7 +109,9 @@ class LocalRuns:
                 await before()
             await actor.run()
         finally:
-            snap = actor.snapshot()
+            # fenced: another node's janitor ended the run; what the actor folded lacks that
+            # ending, so it is not shown as the run's (the store and Redis have the ending)
+            snap = None if actor.fenced else actor.snapshot()
             if snap is not None:
                 self.recent.add(snap)
             self.release(actor.run_id)

@@ -16,6 +16,14 @@ went:
   publishes them to subscribers: what a client sees is in Redis (SPEC §5);
 - ``Finished``: records the run's status.
 
+Fenced (issue 12, node loss): when this node stalled past its lease (SIGSTOP, a long pause, a
+VM freeze), another node's janitor has ended its runs ``RUN_ORPHANED`` meanwhile; the next
+append of such a run is refused by Redis (:class:`~runtime.errors.RunFenced`, atomic with the
+janitor's ending, ``runtime/eventlog.py``). The machine then finishes the turn with no ending
+of its own, and the actor stops at once: the provider call is dropped, nothing more is
+written (no status either: the janitor's ``error`` stands), its subscribers here are closed
+(they read the janitor's ending from Redis) and one warning names the run.
+
 Deadlines (``RunLimits``): a failed append mid-turn is retried for ``append_deadline_s``; past
 it the turn ends ``RUN_FAILED``. Every ending (complete, error, aborted) is written within one
 deadline, ``ending_deadline_s``, that covers its retries and the wait on the group committer:
@@ -53,6 +61,7 @@ from runtime import (
     OutputItem,
     Response,
     ResponseReducer,
+    RunFenced,
     RuntimeConfig,
     RunTools,
     SendRequest,
@@ -71,8 +80,9 @@ class RunLog(Protocol):
     """What the actor needs of the Redis event log.
 
     ``append`` either stores the whole batch and returns its entry ids, or raises (a
-    ``RedisUnavailable`` is retried) having stored none of it; cancelled while its batch is
-    still queued, it is withdrawn (``runtime/group_commit.py``)."""
+    ``RedisUnavailable`` is retried; a ``RunFenced``, the run ended by another node's janitor,
+    stops the actor) having stored none of it; cancelled while its batch is still queued, it
+    is withdrawn (``runtime/group_commit.py``). ``set_status`` leaves a status a janitor set."""
 
     async def append(self, run_id: str, events: Sequence[bytes],
                      checkpoint_seq: int | None = None) -> list[str]: ...
@@ -230,6 +240,12 @@ class RunActor:
     def snapshot(self) -> Response | None:
         return self.machine.snapshot()
 
+    @property
+    def fenced(self) -> bool:
+        """The run was ended by another node's janitor: this actor stopped without an ending,
+        and its snapshot is not the run's Response (the janitor's ending is not in it)."""
+        return self.machine.fenced
+
     def queued(self) -> Response:
         """The run as it reads before its ``response_start`` is stored: ``queued`` (waiting
         for its thread, or just accepted)."""
@@ -311,6 +327,10 @@ class RunActor:
                         "janitor", self.run_id, self._limits.ending_deadline_s)
 
     async def _finished(self, cmd: Finished) -> None:
+        if cmd.fenced:
+            log.warning("run %s: fenced: another node ended it while this node was stalled "
+                        "past its lease; stopped, writing nothing more", self.run_id)
+            return
         if cmd.status is None:
             log.warning("run %s: its ending could not be stored; left for the janitor",
                         self.run_id)
@@ -429,6 +449,8 @@ class RunActor:
             try:
                 with trio.CancelScope(shield=not terminal):
                     return await self._log.append(self.run_id, cmd.data, cmd.checkpoint_seq), None
+            except RunFenced as exc:  # a janitor ended the run: never retried, not a bug
+                return None, exc
             except Exception as exc:
                 if not is_infrastructure(exc):  # a bug, not an outage: retrying cannot help
                     log.error("run %s: append failed: %r", self.run_id, exc)

@@ -20,6 +20,7 @@ most once per key and body (``actors/idempotency.py``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 
@@ -60,6 +61,8 @@ from runtime import (
     reasoning_defaults,
 )
 
+log = logging.getLogger(__name__)
+
 CANCEL_WAIT_S = 30.0
 """How long a cancel waits for the run's ending to be written before answering."""
 
@@ -80,9 +83,13 @@ class ActorLog:
         return await self._committer.append(run_id, events, checkpoint_seq)
 
     async def set_status(self, run_id: str, status: str) -> None:
+        """Unless a janitor ended the run meanwhile: then its status stays (``EventLog.
+        set_status`` is conditional, atomically)."""
         if self._on_end is not None and status in TERMINAL_STATUSES:
             await self._on_end(run_id)
-        await self._log.set_status(run_id, status)
+        if not await self._log.set_status(run_id, status):
+            log.warning("run %s: status %s not recorded: another node ended the run", run_id,
+                        status)
 
 
 class SubmissionService:

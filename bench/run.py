@@ -179,7 +179,7 @@ async def in_process(table: Table, ip: InProcess) -> None:
                   "reducer")
     for provider in ("openai", "anthropic"):
         fx = hot.FixtureLibrary().get(provider, "rapid_deltas")
-        make = hot.normaliser(provider)
+        make = hot.normaliser(fx)
         n = hot.pipeline(fx, make, 16_384)
         rate = n / hot.best(lambda fx=fx, make=make: hot.pipeline(fx, make, 16_384), 5)
         table.add(f"{provider} rapid_deltas: events/s", f"{rate:,.0f}", "200,000",

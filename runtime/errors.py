@@ -14,6 +14,7 @@ so the rest of the code sees only these::
     ├── MethodNotAllowed          405 METHOD_NOT_ALLOWED      client
     ├── RequestTimeout            408 REQUEST_TIMEOUT         client (the body came too slowly)
     ├── Conflict                  409 CONFLICT                client
+    ├── RunFenced                 409 RUN_FENCED              client (another node ended the run)
     ├── StreamExpired             410 STREAM_EXPIRED          client
     ├── PayloadTooLarge           413 PAYLOAD_TOO_LARGE       client
     ├── IdempotencyMismatch       422 IDEMPOTENCY_MISMATCH    client (key reused, other body)
@@ -159,6 +160,25 @@ class Conflict(CodyError):
     code = "CONFLICT"
     status = 409
     kind = ErrorKind.CLIENT
+
+
+class RunFenced(CodyError):
+    """An append (or a status) refused by Redis because the run was ended by someone else: a
+    janitor wrote its ``RUN_ORPHANED`` ending while this node was stalled past its lease
+    (``ended_by`` in the run's metadata names that janitor's node). Retrying never helps: the
+    run's stream already has its terminal event, so its actor stops and writes nothing more
+    (issue 12, node loss). Never sent to an HTTP client; a 409 like ``Conflict`` if it were."""
+
+    code = "RUN_FENCED"
+    status = 409
+    kind = ErrorKind.CLIENT
+
+    def __init__(self, run_id: str, ended_by: str = "") -> None:
+        super().__init__(f"run {run_id} was ended by node {ended_by or '(unknown)'}: its "
+                         f"appends are refused",
+                         details={"run_id": run_id, "ended_by": ended_by})
+        self.run_id = run_id
+        self.ended_by = ended_by
 
 
 class StreamExpired(CodyError):

@@ -26,7 +26,11 @@ The same code runs on one Redis (``redis://``, ``unix://``) and on a Redis Clust
   run and the node's control stream on one Redis; on a cluster, pipelined non-blocking
   rounds that its caller paces (``CODY_TAIL_POLL_MS``).
 - Everything that must be atomic is on one run's keys, which share the ``{run_id}`` hash tag:
-  the janitor's orphan ending is one Lua script (:meth:`EventLog.end_orphan`).
+  the janitor's orphan ending is one Lua script (:meth:`EventLog.end_orphan`), and so is each
+  run's append (:data:`APPEND_LUA`, fenced: refused once a janitor ended the run) and its
+  status (:data:`SET_STATUS_LUA`). On one Redis the append's script also writes the run's
+  checkpoint (its persist shard is then just another key); on a cluster the checkpoints of the
+  appends that were taken go in the second pipeline.
 
 Run streams are never trimmed (no MAXLEN: a long run must replay whole); a terminal, persisted
 run gets a retention TTL instead. Every method translates Redis errors at the boundary, so
@@ -36,6 +40,7 @@ callers only ever see :class:`~runtime.errors.RedisUnavailable` (or a ``REDIS_ER
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -48,10 +53,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import coredis
 import trio
 from coredis.connection import TCPLocation
-from coredis.exceptions import StreamDuplicateConsumerGroupError
+from coredis.exceptions import NoScriptError, StreamDuplicateConsumerGroupError
 from coredis.response.types import StreamEntry
 from coredis.tokens import PureToken
 
+from runtime.errors import RunFenced
 from runtime.keys import Keys
 from runtime.redis_errors import map_redis_errors, translate
 from runtime.schema import TERMINAL_STATUSES
@@ -130,6 +136,35 @@ redis.call('XADD', KEYS[1], '*', 'event', ARGV[3])
 local id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[4])
 redis.call('HSET', KEYS[2], 'status', 'error', 'ended_by', ARGV[2])
 return {'appended', id}
+"""
+
+# -- node loss (issue 12): a run's append, fenced. A node that stalled past its lease (SIGSTOP,
+# a long pause, a VM freeze) comes back with its run actors still appending, after a janitor
+# has ended their runs RUN_ORPHANED; every append is refused once the run's metadata says
+# someone ended it (``ended_by``, set by END_ORPHAN_LUA and END_UNSTARTED_LUA in the same
+# step as their ending), so the janitor's terminal event stays the stream's last.
+# KEYS: events stream, meta hash, and on one Redis only (another slot on a cluster) the run's
+# persist shard for its checkpoint. ARGV: run id, checkpoint seq, then the encoded events.
+# Replies the events' entry ids, or (refused) the node that ended the run, as a string.
+APPEND_LUA = """
+local by = redis.call('HGET', KEYS[2], 'ended_by')
+if by then return by end
+local ids = {}
+for i = 3, #ARGV do
+  ids[i - 2] = redis.call('XADD', KEYS[1], '*', 'event', ARGV[i])
+end
+if KEYS[3] then redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1], 'seq', ARGV[2]) end
+return ids
+"""
+
+# The run's status, unless a janitor ended the run (its ``status=error`` stays). KEYS: meta
+# hash, and on one Redis only the run's live-registry shard (a terminal status unregisters
+# it). ARGV: status, run id. Replies 1 if set, 0 if refused.
+SET_STATUS_LUA = """
+if redis.call('HEXISTS', KEYS[1], 'ended_by') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1])
+if KEYS[2] then redis.call('HDEL', KEYS[2], ARGV[2]) end
+return 1
 """
 
 # Delete a stream only if its last entry is still the one the caller has seen (nothing was
@@ -289,6 +324,8 @@ class EventLog:
         self._delete_if_last = writer.register_script(DELETE_IF_LAST_LUA)
         self._end_unstarted = writer.register_script(END_UNSTARTED_LUA)
         self._tenant_acquire = writer.register_script(TENANT_ACQUIRE_LUA)
+        self._set_status = writer.register_script(SET_STATUS_LUA)
+        self._append_sha = hashlib.sha1(APPEND_LUA.encode()).hexdigest()
 
     def _block(self, block_ms: int) -> int | None:
         """A finite BLOCK argument: ``None`` (do not block) for 0, never Redis's "forever"."""
@@ -354,41 +391,94 @@ class EventLog:
         With ``checkpoint_seq``, a ``{run_id, seq}`` checkpoint goes to the run's persist shard
         after the events, so the projector never sees a checkpoint ahead of the events it
         names. Returns the entry ids of ``events``.
+
+        Raises:
+            RunFenced: the run was ended by someone else (a janitor); nothing was written.
         """
         if not events and checkpoint_seq is None:
             return []
-        return (await self.append_many([(run_id, events, checkpoint_seq)]))[0]
+        result = (await self.append_many([(run_id, events, checkpoint_seq)]))[0]
+        if isinstance(result, RunFenced):
+            raise result
+        return result
 
     async def append_many(self, batches: Sequence[tuple[str, Sequence[bytes], int | None]]
-                          ) -> list[list[str]]:
+                          ) -> list[list[str] | RunFenced]:
         """Several runs' appends (each as :meth:`append`) in one pipelined round trip (two on
-        a cluster when there are checkpoints: events first, then checkpoints)."""
+        a cluster when there are checkpoints: events first, then checkpoints). Each run's
+        result is its entry ids, or :class:`~runtime.errors.RunFenced` (nothing of that run
+        written, its checkpoint neither) when its run was ended by someone else: one fenced
+        run never fails the others.
+
+        Each run's events are one script call (:data:`APPEND_LUA`), atomic on the run's keys:
+        refused whole if the run's metadata has ``ended_by``. Only ``ended_by`` is checked,
+        not the run's ``node`` against the appender: a run's owner never changes (the node
+        that accepted it runs its actor, SPEC §13), and every ending written by anyone but its
+        actor is a janitor's, which sets ``ended_by`` in the same atomic step; so ``ended_by``
+        alone says "someone else ended it" - whichever janitor did, this node's own too (its
+        actor was thought gone). A checkpoint alone (no events: the janitor settling a run
+        it ended) is not fenced. What the fence cannot see: a node stalled past the run's
+        retention TTL (default 24 h), when its metadata has expired.
+
+        The script is sent by SHA (``EVALSHA``); a ``NOSCRIPT`` (Redis restarted, or its script
+        cache was flushed) sends those runs' appends again with the body (``EVAL``, which
+        caches it again): a run refused ``NOSCRIPT`` wrote nothing, so nothing is doubled."""
+        out: list[list[str] | RunFenced] = [[] for _ in batches]
+        cluster = self.cluster
         with map_redis_errors():
-            async with self._w.pipeline(transaction=False) as pipe:
-                pending = []
-                for run_id, events, checkpoint_seq in batches:
-                    key = self.keys.run_events(run_id)
-                    pending.append([pipe.xadd(key, {EVENT_FIELD: data}) for data in events])
-                    if checkpoint_seq is not None and not self.cluster:
-                        self._checkpoint(pipe, run_id, checkpoint_seq)
-            if self.cluster and any(seq is not None for _, _, seq in batches):
+            scripted = [i for i, (_, events, _) in enumerate(batches) if events]
+            missing = await self._append_round(batches, scripted, out, by_sha=True)
+            if missing:
+                await self._append_round(batches, missing, out, by_sha=False)
+            if cluster and any(seq is not None and not isinstance(out[i], RunFenced)
+                               for i, (_, _, seq) in enumerate(batches)):
                 async with self._w.pipeline(transaction=False) as pipe:
-                    for run_id, _, checkpoint_seq in batches:
-                        if checkpoint_seq is not None:
+                    for i, (run_id, _, checkpoint_seq) in enumerate(batches):
+                        if checkpoint_seq is not None and not isinstance(out[i], RunFenced):
                             self._checkpoint(pipe, run_id, checkpoint_seq)
-            out: list[list[str]] = []
-            for requests in pending:
-                ids: list[str] = []
-                for request in requests:
-                    entry_id = await request
-                    if entry_id is None:  # only with NOMKSTREAM, which we never send
-                        raise AssertionError("XADD returned no id")
-                    ids.append(_s(entry_id))
-                out.append(ids)
         return out
 
-    def _checkpoint(self, pipe: Any, run_id: str, seq: int) -> None:
-        pipe.xadd(self.keys.persist_stream_for(run_id), {b"run_id": run_id, b"seq": str(seq)})
+    async def _append_round(self, batches: Sequence[tuple[str, Sequence[bytes], int | None]],
+                            scripted: Sequence[int], out: list[list[str] | RunFenced], *,
+                            by_sha: bool) -> list[int]:
+        """One pipeline: the appends of ``batches[i]`` for ``i`` in ``scripted`` and (first
+        round only, ``by_sha``) on one Redis the checkpoints that come alone; their results
+        into ``out``. Returns the runs refused ``NOSCRIPT``."""
+        keys = self.keys
+        cluster = self.cluster
+        pending: list[tuple[int, Any]] = []
+        async with self._w.pipeline(transaction=False, raise_on_error=False) as pipe:
+            if by_sha:
+                for run_id, events, checkpoint_seq in batches:
+                    if not events and checkpoint_seq is not None and not cluster:
+                        pending.append((-1, self._checkpoint(pipe, run_id, checkpoint_seq)))
+            for i in scripted:
+                run_id, events, checkpoint_seq = batches[i]
+                run_keys = [keys.run_events(run_id), keys.run_meta(run_id)]
+                if checkpoint_seq is not None and not cluster:
+                    run_keys.append(keys.persist_stream_for(run_id))
+                args: list[str | bytes] = [
+                    run_id, "" if checkpoint_seq is None else str(checkpoint_seq), *events]
+                pending.append((i, pipe.evalsha(self._append_sha, run_keys, args) if by_sha
+                                else pipe.eval(APPEND_LUA, run_keys, args)))
+        missing: list[int] = []
+        for i, request in pending:
+            try:
+                reply = await request
+            except NoScriptError:
+                missing.append(i)
+                continue
+            if i < 0:
+                continue
+            if isinstance(reply, bytes | str):
+                out[i] = RunFenced(batches[i][0], _s(reply))
+            else:
+                out[i] = [_s(entry_id) for entry_id in reply]
+        return missing
+
+    def _checkpoint(self, pipe: Any, run_id: str, seq: int) -> Any:
+        return pipe.xadd(self.keys.persist_stream_for(run_id),
+                         {b"run_id": run_id, b"seq": str(seq)})
 
     async def read_after(self, run_id: str, cursor: str, count: int) -> list[Entry]:
         """Up to ``count`` entries strictly after ``cursor`` (``"0-0"``: from the start)."""
@@ -492,13 +582,22 @@ class EventLog:
             raw = await self._w.hgetall(self.keys.run_meta(run_id))
         return {_s(k): _s(v) for k, v in raw.items()}
 
-    async def set_status(self, run_id: str, status: str) -> None:
-        """Record the run's status; a terminal status also unregisters it as live."""
+    async def set_status(self, run_id: str, status: str) -> bool:
+        """Record the run's status; a terminal status also unregisters it as live. Unless
+        the run was ended by someone else (``ended_by``, a janitor): then its status (``error``)
+        and registration stay as the janitor left them (it unregisters the run itself once its
+        checkpoint is written, so nothing here may take that away). Atomic on the run's keys
+        (:data:`SET_STATUS_LUA`); on a cluster the registry (another slot) is updated in a
+        second call, once the status is set. Returns whether it was set."""
+        unregister = status in TERMINAL_STATUSES
+        keys = [self.keys.run_meta(run_id)]
+        if unregister and not self.cluster:
+            keys.append(self.keys.live_runs_for(run_id))
         with map_redis_errors():
-            async with self._w.pipeline(transaction=False) as pipe:
-                pipe.hset(self.keys.run_meta(run_id), {b"status": status})
-                if status in TERMINAL_STATUSES:
-                    pipe.hdel(self.keys.live_runs_for(run_id), [run_id])
+            done = bool(await self._set_status(keys=keys, args=[status, run_id]))
+            if done and unregister and self.cluster:
+                await self._w.hdel(self.keys.live_runs_for(run_id), [run_id])
+        return done
 
     async def end_orphan(self, run_id: str, *, last_id: str, event: bytes, owner: str,
                          by: str) -> OrphanEnding:
@@ -567,9 +666,12 @@ class EventLog:
         log.info("moved %d live runs from %s into %d shards", len(raw), legacy, self.keys.shards)
         return len(raw)
 
-    async def refresh_lease(self, node_id: str, ttl_s: int) -> None:
+    async def refresh_lease(self, node_id: str, ttl_s: int) -> bool:
+        """(Re)write the node's lease for ``ttl_s`` seconds; returns whether it was still
+        there (``False``: it had lapsed, or this is its first write). One ``SET ... GET``."""
         with map_redis_errors():
-            await self._w.set(self.keys.node_lease(node_id), b"1", ex=ttl_s)
+            before = await self._w.set(self.keys.node_lease(node_id), b"1", ex=ttl_s, get=True)
+        return before is not None
 
     async def lease_alive(self, node_id: str) -> bool:
         with map_redis_errors():

@@ -6,7 +6,9 @@ client's per-round-trip machinery. The committer queues every actor's append and
 that are waiting in one pipeline; while that round trip is in flight the next batch gathers.
 An idle system pays no added latency (a lone append goes out at once); a busy one amortises
 the round trip over every run. Order within a run is kept: an actor has at most one append
-in flight, and a pipeline's commands run in order.
+in flight, and a pipeline's commands run in order. A run whose append is refused (fenced: a
+janitor ended it, :class:`~runtime.errors.RunFenced`) gets that error; the others in the same
+round trip are stored as usual.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from typing import Protocol
 
 import trio
 
-from runtime.errors import CodyError, RedisUnavailable
+from runtime.errors import CodyError, RedisUnavailable, RunFenced
 
 log = logging.getLogger(__name__)
 
 
 class BatchLog(Protocol):
     async def append_many(self, batches: Sequence[tuple[str, Sequence[bytes], int | None]]
-                          ) -> list[list[str]]: ...
+                          ) -> list[list[str] | RunFenced]: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -122,6 +124,9 @@ class GroupCommitter:
             return
         self.round_trips += 1
         self.appends += len(batch)
-        for request, ids in zip(batch, results, strict=True):
-            request.ids = ids
+        for request, result in zip(batch, results, strict=True):
+            if isinstance(result, RunFenced):
+                request.error = result
+            else:
+                request.ids = result
             request.done.set()

@@ -14,6 +14,8 @@ and tells the machine how it went; the machine answers with *commands*::
     append_succeeded()                   the next command: SendRequest, RunTools, Append, Finished
     append_failed(exc)                   Append (the ending, from the first seq not stored), or
                                          Finished(None) when it was the ending that failed
+    append_fenced()                      Finished(None, fenced=True): nothing more, no ending
+    (or append_failed(RunFenced))
 
 One command at a time: after an ``Append`` it waits for ``append_succeeded`` or
 ``append_failed``; after ``SendRequest`` for the provider's payloads and ``provider_ended`` (or
@@ -45,6 +47,10 @@ test harness, before):
   exception, an append that could not be stored) is ``response_error`` with the provider's code
   or ``RUN_FAILED``. If not even ``response_start`` was stored, the ending brings it again, so the
   stream is always a whole Response;
+- fenced (issue 12, node loss): an append refused because someone else ended the run (a
+  janitor's ``RUN_ORPHANED``, written while this node was stalled past its lease) ends the turn
+  at once with no ending of its own: the janitor's terminal event is already the stream's last,
+  and a second one would break the stream;
 - adjacent deltas of one item that queued up are merged (:mod:`runtime.coalesce`).
 
 This module is pure: it imports neither trio nor coredis, nor anything from ``actors/``.
@@ -58,7 +64,7 @@ from typing import Protocol
 
 from runtime.coalesce import coalesce_deltas
 from runtime.envelope import EventFactory, encode_event
-from runtime.errors import RUN_FAILED, CodyError, ProviderError, TurnProtocolError
+from runtime.errors import RUN_FAILED, CodyError, ProviderError, RunFenced, TurnProtocolError
 from runtime.ids import prompt_item_id, tool_output_item_id
 from runtime.reducer import ResponseReducer
 from runtime.schema import (
@@ -135,7 +141,8 @@ class ToolOutcome(Protocol):
 class Append:
     """Append ``data`` (the encoded ``events``, in order) to the run's stream, in one round
     trip, with a persistence checkpoint at ``checkpoint_seq`` when it is not None; then say
-    ``append_succeeded`` (and publish the events) or ``append_failed`` (and publish nothing).
+    ``append_succeeded`` (and publish the events) or ``append_failed`` (and publish nothing;
+    ``append_fenced`` when Redis refused it because someone else ended the run).
     ``terminal``: this batch ends the run's stream."""
 
     events: tuple[StreamEvent, ...]
@@ -165,9 +172,12 @@ class RunTools:
 @dataclass(frozen=True, slots=True)
 class Finished:
     """The turn is over. ``status``: the run's terminal status, now in Redis (record it), or
-    None when its ending could not be stored (the run is left for the janitor)."""
+    None when its ending could not be stored (the run is left for the janitor). ``fenced``:
+    the run was ended by someone else (a janitor) and its appends are refused; ``status`` is
+    None and there is nothing to record: stop, writing nothing more."""
 
     status: ResponseStatus | None
+    fenced: bool = False
 
 
 Command = Append | SendRequest | RunTools | Finished
@@ -239,6 +249,7 @@ class TurnMachine:
         self._ending: _Ending | None = None
         self._ending_sent = False
         self._finished = False
+        self._fenced = False
 
     # ------------------------------------------------------------------ state
 
@@ -255,6 +266,12 @@ class TurnMachine:
     def finished(self) -> bool:
         """``Finished`` has been issued: nothing more will be asked."""
         return self._finished
+
+    @property
+    def fenced(self) -> bool:
+        """The run was ended by someone else: the turn finished without an ending of its own,
+        and what is folded here is not the run's Response (the janitor's ending is not in it)."""
+        return self._fenced
 
     @property
     def awaiting_append(self) -> bool:
@@ -420,7 +437,10 @@ class TurnMachine:
     def append_failed(self, exc: BaseException) -> list[Command]:
         """Redis did not take the last ``Append`` (the driver has given up retrying): nothing
         of it is folded, its seqs go to the ending; what was queued after it is dropped. If
-        it was the ending itself, the turn is over unstored (``Finished(None)``)."""
+        it was the ending itself, the turn is over unstored (``Finished(None)``). A
+        :class:`~runtime.errors.RunFenced` is :meth:`append_fenced`."""
+        if isinstance(exc, RunFenced):
+            return self.append_fenced()
         batch = self._in_flight
         if batch is None:
             raise TurnProtocolError("append_failed: no append is in flight")
@@ -435,6 +455,23 @@ class TurnMachine:
         if self._ending is None:
             self._end(_Error(self._error_payload(exc)))
         return self._advance()
+
+    def append_fenced(self) -> list[Command]:
+        """Redis refused the last ``Append`` because the run was ended by someone else (a
+        janitor's ``RUN_ORPHANED``: this node stalled past its lease): nothing of it is
+        folded, and nothing more is asked, not even an ending (the janitor's terminal event
+        is already the last one). Whatever comes later (payloads, tool results, a cancel) is
+        ignored. Always ``Finished(None, fenced=True)``."""
+        if self._in_flight is None:
+            raise TurnProtocolError("append_fenced: no append is in flight")
+        self._in_flight = None
+        self._outbox.clear()
+        self._outbox_checkpoint = False
+        self._next = None
+        self._awaiting = None
+        self._fenced = True
+        self._finished = True
+        return [Finished(None, fenced=True)]
 
     # ------------------------------------------------------------------ the rules
 

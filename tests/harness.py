@@ -22,13 +22,17 @@ from actors.providers.fixtures import Fixture, load_fixture
 from actors.providers.settings import RequestSettings
 from runtime.catalogue import BUILTIN_MODELS
 from runtime.config import RuntimeConfig
-from runtime.errors import RedisUnavailable
+from runtime.envelope import EventFactory
+from runtime.errors import RUN_ORPHANED, RedisUnavailable, RunFenced
 from runtime.ids import new_traceparent, new_uuid, prompt_item_id
 from runtime.schema import (
     OUTPUT_ITEM_ADAPTER,
+    ErrorInfo,
     FunctionCallItem,
     OutputItem,
     Response,
+    ResponseErrorPayload,
+    ResponseStart,
     StreamEvent,
 )
 from runtime.turn_machine import (
@@ -55,6 +59,7 @@ PROMPT_PLACEHOLDER = "<prompt>"
 START_MS = 1_700_000_000_000
 CANCEL_REASON = "cancelled by user"
 INJECTED_FAILURE = "injected failure"
+JANITOR_NODE = "node-janitor"
 
 
 def response_view(resp: Response) -> dict[str, Any]:
@@ -139,6 +144,9 @@ class OfflineRun:
         now_ms: the wall clock (default: 1 ms later on each call, from a fixed start).
         tools: answers ``RunTools`` (default: the fixture's recorded outputs).
         append_ok: ``(batch, attempt number from 0) -> stored?``; default always.
+        fence_at: the append attempt (from 0) before which another node's janitor ends the
+            run ``RUN_ORPHANED`` (its events go to ``stored``, as Redis would have them);
+            that append and any later one are refused as fenced (``RunFenced``).
         interrupt: ``input number from 1 -> "cancel" / "fail" / None``, asked before each
             input after ``start`` (a cancel or a failure that came meanwhile is told first,
             as the run actor does).
@@ -151,6 +159,7 @@ class OfflineRun:
     now_ms: Callable[[], int] | None = None
     tools: ToolAnswer | None = None
     append_ok: Callable[[Append, int], bool] | None = None
+    fence_at: int | None = None
     interrupt: Callable[[int], Interrupt | None] | None = None
     limits: TurnLimits = field(default_factory=TurnLimits)
     stored: list[StreamEvent] = field(default_factory=list)
@@ -158,6 +167,8 @@ class OfflineRun:
     requests: list[SendRequest] = field(default_factory=list)
     appends: list[tuple[Append, bool]] = field(default_factory=list)
     finished: Finished | None = None
+    janitor: list[StreamEvent] = field(default_factory=list)
+    """The events the janitor wrote when it fenced the run (the last of ``stored``)."""
     inputs: int = 0
     interrupted: list[tuple[int, Interrupt]] = field(default_factory=list)
     """The interrupts that took effect: (input number, what)."""
@@ -214,7 +225,34 @@ class OfflineRun:
                          else self.machine.fail(RuntimeError(INJECTED_FAILURE)))
         return commands + outcome() if outcome is not None else commands
 
+    @property
+    def actor_stored(self) -> list[StreamEvent]:
+        """What the actor's own appends stored (``stored`` without the janitor's ending)."""
+        return self.stored[:len(self.stored) - len(self.janitor)]
+
+    def _end_by_janitor(self) -> None:
+        """What ``EventLog.end_orphan`` / ``end_unstarted`` would write."""
+        spec = self.machine.spec
+        last = self.stored[-1] if self.stored else None
+        factory = EventFactory(self.run_id, last.trace_context.traceparent or new_traceparent()
+                               if last else new_traceparent(), lambda: START_MS,
+                               first_seq=last.seq + 1 if last else 1)
+        events = [] if last else [factory.make(ResponseStart(
+            response_id=self.run_id, turn_id=spec.turn_id, thread_id=spec.thread_id,
+            model_id=spec.model_id, provider_id=spec.provider_id, created_at=START_MS))]
+        events.append(factory.make(ResponseErrorPayload(
+            response_id=self.run_id,
+            error=ErrorInfo(code=RUN_ORPHANED, message="run orphaned: node is gone"))))
+        self.janitor = events
+        self.stored.extend(events)
+
     def _append(self, cmd: Append) -> list[Command]:
+        if self.fence_at is not None and len(self.appends) >= self.fence_at:
+            if not self.janitor:
+                self._end_by_janitor()
+            self.appends.append((cmd, False))
+            return self._tell(lambda: self.machine.append_failed(
+                RunFenced(self.run_id, JANITOR_NODE)))
         ok = self.append_ok(cmd, len(self.appends)) if self.append_ok is not None else True
         self.appends.append((cmd, ok))
         if not ok:

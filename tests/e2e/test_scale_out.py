@@ -29,6 +29,8 @@ import trio
 from httpx_sse import aconnect_sse
 
 from actors.providers.fixtures import FixtureLibrary
+from runtime.eventlog import EventLog, open_redis
+from runtime.keys import Keys
 from runtime.redis_server import socket_path_for
 from runtime.reducer import rebuild
 from runtime.schema import StreamEvent
@@ -37,6 +39,7 @@ from tests.e2e.client import make_client, stream, submit, wait_persisted
 from tests.e2e.conftest import _drop_keys
 from tests.e2e.server import WORKSPACE, ServerProcess, base_env
 from tests.e2e.test_conditions import _resume_checks, run_fixture
+from tests.faults.kit import figure
 from tests.harness import response_view
 
 LIBRARY = FixtureLibrary()
@@ -387,3 +390,166 @@ def test_kill_9_of_the_parent_leaves_nothing(tmp_path: Path) -> None:
     while any(alive(p) for p in everyone) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(p) for p in everyone)
+
+
+# ---------------------------------------------------------------------- a node stalls (SIGSTOP)
+
+
+STALL_READ_TIMEOUT_S = 2.5
+"""A client's SSE read silent this long counts as a stalled node (keep-alives come every
+second): it resumes on another node, as a real client with a read timeout would."""
+
+
+class StallClient(Client):
+    """``Client``, with a read timeout: a SIGSTOPped node does not drop its connections, it
+    goes silent."""
+
+    async def run(self, dead: set[int]) -> None:
+        timeout = httpx.Timeout(30.0, read=STALL_READ_TIMEOUT_S)
+        while self.ended_at is None:
+            while self.at in dead:
+                self.at = (self.at + 1) % len(self.nodes)
+                self.resumes += 1
+            headers = {"Last-Event-ID": self.ids[-1]} if self.ids else {}
+            at = self.at
+            try:
+                async with httpx.AsyncClient(base_url=self.nodes[at].base_url,
+                                             timeout=timeout) as client, \
+                        aconnect_sse(client, "GET", f"/api/v2/runs/{self.run_id}/events",
+                                     headers=headers) as source:
+                    assert source.response.status_code == 200
+                    async for sse in source.aiter_sse():
+                        if not sse.data:
+                            continue
+                        ev = StreamEvent.model_validate_json(sse.data)
+                        self.ids.append(sse.id)
+                        self.events.append(ev)
+                        if ev.type in ("response_done", "response_error"):
+                            self.ended_at = trio.current_time()
+                            return
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                await trio.sleep(0.05)
+                if self.at == at:
+                    self.at = (self.at + 1) % len(self.nodes)
+                    self.resumes += 1
+
+
+@pytest.fixture
+def three_stall_nodes(tmp_path: Path) -> Iterator[tuple[list[ServerProcess], str]]:
+    prefix = f"e2e-{uuid.uuid4().hex[:12]}"
+    with postgres_schema() as schema:
+        servers = []
+        for i in range(3):
+            (tmp_path / f"n{i}").mkdir()
+            servers.append(ServerProcess(tmp_path / f"n{i}", node_env(
+                prefix, TCP_REDIS_URL, postgres_url_for(schema), CODY_REPLAY_DELAY_S="0.008",
+                CODY_KEEPALIVE_S="1")))
+        try:
+            yield start_all(servers), prefix
+        finally:
+            for s in servers:
+                if s.proc is not None and s.proc.poll() is None:
+                    s.proc.send_signal(signal.SIGCONT)  # never leave it stopped
+                s.stop()
+            _drop_keys(prefix)
+
+
+async def test_three_nodes_one_sigstopped_past_its_lease_is_fenced(
+        three_stall_nodes: tuple[list[ServerProcess], str]) -> None:
+    """Node loss without death (issue 12): node 0 is SIGSTOPped for longer than its lease +
+    the janitor interval + 1 s while its paced runs stream, then SIGCONTed. The others'
+    janitors end its runs RUN_ORPHANED; when it wakes its actors' appends are refused and they
+    stop. Per run: one terminal event and nothing after it in Redis, no gap and no duplicate
+    for clients that resumed on a survivor, the Response stored once; node 0 still answers
+    /health and completes a new run."""
+    nodes, prefix = three_stall_nodes
+    fx = LIBRARY.get("openai", "rapid_deltas")
+    short = LIBRARY.get("openai", "simple_message")
+    dead: set[int] = set()
+    runs: list[tuple[str, str, int]] = []  # run id, thread id, owner node
+    bound = LEASE_TTL_S + JANITOR_INTERVAL_S + 1
+    stall_s = bound + 1.0
+    victim = nodes[0].proc
+    assert victim is not None
+    with trio.fail_after(150):
+        for i in range(24):
+            async with make_client(nodes[i % 3].base_url) as client:
+                accepted = await submit(client, prompt=fx.prompt, provider_id="openai",
+                                        model=fx.model)
+            runs.append((accepted["run_id"], accepted["thread_id"], i % 3))
+        # every run has a client on a node other than its owner: node 0's runs are watched
+        # from the survivors, and some clients of the others' runs are on node 0
+        clients = [StallClient(run_id, nodes, (owner + 1 + k % 2) % 3)
+                   for k, (run_id, _, owner) in enumerate(runs)]
+        async with trio.open_nursery() as nursery:
+            for c in clients:
+                nursery.start_soon(c.run, dead)
+            for _ in range(600):  # every client is streaming
+                if all(len(c.events) >= 5 for c in clients):
+                    break
+                await trio.sleep(0.05)
+            assert not any(c.ended_at for c in clients), "runs too short to stall one mid-way"
+            victim.send_signal(signal.SIGSTOP)
+            stopped_at, stopped_wall_ms = trio.current_time(), time.time() * 1000
+            dead.add(0)
+            await trio.sleep(stall_s)
+            victim.send_signal(signal.SIGCONT)
+            resumed_at = trio.current_time()
+        # every client has its terminal event (the nursery waited for them)
+        await trio.sleep(3.0)  # node 0 is awake: its actors tried their next appends by now
+        orphaned = 0
+        endings: list[float] = []
+        async with open_redis(TCP_REDIS_URL, 4) as writer, open_redis(TCP_REDIS_URL, 2) as reader, \
+                make_client(nodes[1].base_url) as survivor:
+            log = EventLog(writer, reader, Keys(prefix))
+            for c, (run_id, thread_id, owner) in zip(clients, runs, strict=True):
+                seqs = [e.seq for e in c.events]
+                assert seqs == list(range(1, len(seqs) + 1)), f"gap or duplicate in {run_id}"
+                assert len(set(c.ids)) == len(c.ids)
+                terminal = [e for e in c.events if e.type in ("response_done",
+                                                              "response_error")]
+                assert len(terminal) == 1 and terminal[0] is c.events[-1]
+                # Redis: the same entries, the terminal one last, nothing after it
+                entries = await log.read_all(run_id)
+                assert [i for i, _ in entries] == c.ids, f"{run_id}: Redis has more"
+                resp = rebuild(c.events)
+                if owner == 0 and resp.status != "complete":  # not ended before the stall
+                    orphaned += 1
+                    assert resp.status == "error"
+                    assert resp.error is not None and resp.error.code == "RUN_ORPHANED"
+                    written_s = (terminal[0].timestamp - stopped_wall_ms) / 1000
+                    endings.append(written_s)
+                    assert written_s <= bound, f"{run_id} ended {written_s:.2f} s after the stop"
+                    meta = await log.get_meta(run_id)
+                    assert meta["status"] == "error" and meta["ended_by"] != meta["node"]
+                else:
+                    assert response_view(resp) == fx.expected, (owner, resp.status, resp.error)
+                stored = await wait_persisted(survivor, thread_id, run_id)
+                assert response_view(stored) == response_view(resp)
+                thread = (await survivor.get(f"/api/v2/threads/{thread_id}")).json()
+                assert [r["id"] for r in thread["runs"]] == [run_id]  # stored once
+        assert orphaned >= 6  # of node 0's 8 runs
+        assert sum(c.resumes for c in clients) >= 1
+        # node 0 serves on: /health, and a new run to its end
+        async with make_client(nodes[0].base_url) as client:
+            assert (await client.get("/api/v2/health")).status_code == 200
+            began = trio.current_time()
+            accepted = await submit(client, prompt=short.prompt, provider_id="openai",
+                                    model=short.model)
+            got = await stream(client, accepted["run_id"])
+            new_run_s = trio.current_time() - began
+            assert response_view(rebuild(got.events)) == short.expected
+            stored = await wait_persisted(client, accepted["thread_id"], accepted["run_id"])
+            assert stored.status == "complete"
+        server_log = nodes[0].log()
+        fenced = server_log.count("fenced: another node ended it")
+        assert fenced >= 1, log_tail_of(nodes[0])
+        assert server_log.count("lease had lapsed") == 1, log_tail_of(nodes[0])
+        figure("node_stall", stopped_s=resumed_at - stopped_at, lease_s=LEASE_TTL_S,
+               janitor_s=JANITOR_INTERVAL_S, runs=len(runs), orphaned=orphaned, fenced=fenced,
+               ending_max_s=max(endings), ending_min_s=min(endings),
+               resumes=sum(c.resumes for c in clients), new_run_s=new_run_s)
+
+
+def log_tail_of(server: ServerProcess, lines: int = 40) -> str:
+    return "server.log ends:\n" + "\n".join(server.log().splitlines()[-lines:])

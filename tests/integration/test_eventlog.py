@@ -7,13 +7,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
 
-from runtime.errors import RedisUnavailable
+from runtime.errors import RedisUnavailable, RunFenced
 from runtime.eventlog import Checkpoint, EventLog, OrphanEnding, open_redis
 from runtime.keys import Keys
+from runtime.redis_server import embedded_redis
 
 
 @asynccontextmanager
@@ -292,6 +294,96 @@ async def test_node_leases_expire(redis_url: str, key_prefix: str) -> None:
             assert await log.lease_alive("n1")
             await trio.sleep(1.2)
             assert not await log.lease_alive("n1")
+
+
+async def test_refresh_lease_says_whether_the_lease_had_lapsed(redis_url: str,
+                                                               key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            assert await log.refresh_lease("n1", 1) is False  # its first write
+            assert await log.refresh_lease("n1", 1) is True
+            await trio.sleep(1.2)
+            assert await log.refresh_lease("n1", 5) is False  # lapsed meanwhile
+            assert await log.lease_alive("n1")
+
+
+# -- node loss (issue 12): appends fenced once a janitor ended the run
+
+
+async def fenced_run(log: EventLog, by: str = "node-b") -> str:
+    """A run of a stalled node that a janitor (on ``by``) has ended RUN_ORPHANED."""
+    run = run_id()
+    await log.put_meta(run, {"status": "in_progress", "node": "node-a"})
+    ids = await log.append(run, events(2))
+    ended = await log.end_orphan(run, last_id=ids[-1], event=b'{"seq":3,"type":"response_error"}',
+                                 owner="node-a", by=by)
+    assert ended.outcome == "appended"
+    return run
+
+
+async def test_a_fenced_append_is_refused_whole_and_spares_the_others_in_its_round_trip(
+        redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            await log.ensure_group()
+            fenced, live, settled = await fenced_run(log), run_id(), run_id()
+            await log.put_meta(live, {"status": "in_progress", "node": "node-a"})
+            before = await log.read_all(fenced)
+            results = await log.append_many([(fenced, events(3, start=3), 5),
+                                             (live, events(2), 2),
+                                             (fenced, [], 3),  # the janitor settling it
+                                             (settled, [], 1)])
+            refused = results[0]
+            assert isinstance(refused, RunFenced) and refused.ended_by == "node-b"
+            assert refused.run_id == fenced and refused.code == "RUN_FENCED"
+            assert await log.read_all(fenced) == before  # nothing of the batch, the ending last
+            assert results[1] == [i for i, _ in await log.read_all(live)]
+            assert results[2] == results[3] == []
+            taken = await log.read_checkpoints("c1", 100, 100)
+            # the refused batch's checkpoint (seq 5) was never written; the janitor's was
+            assert sorted((c.run_id, c.seq) for c in taken) == sorted(
+                [(live, 2), (fenced, 3), (settled, 1)])
+            with pytest.raises(RunFenced):
+                await log.append(fenced, events(1, start=6))
+            assert await log.read_all(fenced) == before
+            assert (await log.get_meta(fenced))["status"] == "error"
+
+
+async def test_set_status_keeps_a_janitors_ending(redis_url: str, key_prefix: str) -> None:
+    with trio.fail_after(10):
+        async with open_log(redis_url, key_prefix) as log:
+            fenced = await fenced_run(log)
+            assert await log.live_runs() == {fenced: "node-a"}  # the janitor settles it later
+            assert await log.set_status(fenced, "complete") is False
+            meta = await log.get_meta(fenced)
+            assert (meta["status"], meta["ended_by"]) == ("error", "node-b")
+            assert await log.live_runs() == {fenced: "node-a"}  # still the janitor's to settle
+            other = run_id()
+            await log.put_meta(other, {"status": "in_progress", "node": "node-a"})
+            assert await log.set_status(other, "complete") is True
+            assert (await log.get_meta(other))["status"] == "complete"
+            assert await log.live_runs() == {fenced: "node-a"}
+
+
+async def test_appends_survive_a_redis_restart_that_forgot_the_script(tmp_path: Path) -> None:
+    """Scripts live in the server's memory only: after a restart (its data back from the
+    append-only file) the append's EVALSHA gets NOSCRIPT, and the append goes again with the
+    script's body, once: nothing doubled, nothing lost, and the next one is by SHA again."""
+    with trio.fail_after(60):
+        run, other = run_id(), run_id()
+        async with embedded_redis(tmp_path) as url, open_log(url, "restart") as log:
+            first = await log.append(run, events(2))
+        async with embedded_redis(tmp_path) as url, open_log(url, "restart") as log, \
+                open_redis(url, 1) as raw:
+            assert await raw.script_exists([log._append_sha]) == (False,)
+            results = await log.append_many([(run, events(1, start=3), 3),
+                                             (other, events(1), None)])
+            assert await raw.script_exists([log._append_sha]) == (True,)
+            assert len(results[0]) == len(results[1]) == 1
+            assert [i for i, _ in await log.read_all(run)] == [*first, *results[0]]
+            assert [d for _, d in await log.read_all(run)] == events(3)
+            assert [i for i, _ in await log.read_all(other)] == results[1]
+            assert len(await log.append(run, events(1, start=4))) == 1
 
 
 async def test_ping(redis_url: str, key_prefix: str) -> None:

@@ -181,3 +181,26 @@ def test_lease_and_interval_are_configurable() -> None:
         RuntimeConfig(persist_shards=0)
     with pytest.raises(ValidationFailed):
         RuntimeConfig.from_env({"CODY_LEASE_TTL_S": "soon"})
+
+
+async def test_a_lapsed_lease_is_warned_about_once_and_taken_again(
+        redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The node was stalled past its lease (here: the key is gone, as a lapse leaves it): the
+    next refresh says so once, takes the lease again, and the refreshes after it are quiet."""
+    with trio.fail_after(30):
+        async with open_redis(redis_url, 4) as writer, open_redis(redis_url, 2) as reader:
+            log = EventLog(writer, reader, Keys(key_prefix))
+            me = f"me-{new_uuid()}"
+            janitor = Janitor(log, node_id=me, local_runs=set(), clock=FixedClock(),
+                              lease_ttl_s=30, interval_s=0.1)
+            with caplog.at_level("WARNING", logger="actors.janitor"):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(janitor.run)
+                    await trio.sleep(0.35)
+                    assert janitor.lapses == 0
+                    await writer.delete([Keys(key_prefix).node_lease(me)])
+                    await trio.sleep(0.5)  # several refreshes
+                    nursery.cancel_scope.cancel()
+            assert janitor.lapses == 1 and await log.lease_alive(me)
+            lapsed = [r.getMessage() for r in caplog.records if "lapsed" in r.getMessage()]
+            assert len(lapsed) == 1 and me in lapsed[0]

@@ -18,9 +18,10 @@ import trio
 
 from actors.fanout import LogEntry
 from actors.system import CodyRuntime, open_runtime
-from runtime.errors import NotFound, StreamExpired
+from runtime.errors import RUN_ORPHANED, NotFound, StreamExpired
 from runtime.eventlog import open_redis
 from runtime.reducer import rebuild
+from runtime.schema import TERMINAL_EVENT_TYPES
 from tests.conftest import TCP_REDIS_URL, postgres_schema, postgres_url_for
 from tests.harness import response_view
 from tests.integration.test_runtime import (
@@ -230,3 +231,65 @@ async def test_expired_stream_is_410_on_every_node(deployment: tuple[str, str], 
                 with pytest.raises(StreamExpired):
                     await rt.reading.open_reader(accepted.run_id, None)
                 assert await rt.reading.get_response(accepted.run_id) == stored
+
+
+# -- node loss (issue 12): a node that stalled past its lease is fenced, and serves on
+
+
+async def test_a_stalled_nodes_late_appends_are_refused_and_it_serves_on(
+        deployment: tuple[str, str], prefix: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Node A's lease lapses while its run streams (A's janitor takes a 1 s lease and does not
+    refresh it: a node stalled past its lease, seen from Redis) and B's janitor ends the run
+    RUN_ORPHANED. A really goes on streaming: its next append is refused, its actor stops
+    without an ending of its own. The stream has one terminal event, B's, and nothing after
+    it; the store has it once. With its lease back, A serves a new run to the end."""
+    redis_url, store_url = deployment
+    with trio.fail_after(90):
+        async with AsyncExitStack() as stack:
+            made = []
+            for name, settings in (("a", dict(lease_ttl_s=1, janitor_interval_s=1000.0)),
+                                   ("b", dict(janitor_interval_s=0.2))):
+                data_dir = tmp_path / f"node-{name}"
+                data_dir.mkdir()
+                made.append(await stack.enter_async_context(open_runtime(config_for(
+                    redis_url, prefix, data_dir, store_url=store_url, replay_delay_s=0.01,
+                    **settings))))
+            a, b = made
+            with caplog.at_level("WARNING"):
+                accepted = await a.submission.submit(turn("openai", "rapid_deltas"))
+                run_id = accepted.run_id
+                actor = a.runs.get(run_id)
+                assert actor is not None
+                from_b = await read_all(b, run_id)  # a client on B, to the end
+                with trio.fail_after(10):
+                    await actor.finished.wait()
+            events = events_of(from_b)
+            assert events[-1].type == "response_error"
+            assert events[-1].payload.error.code == RUN_ORPHANED  # type: ignore[union-attr]
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            assert len(events) > 10  # it was streaming, and it was ended mid-stream
+            assert actor.fenced and run_id not in a.runs
+            await trio.sleep(0.5)  # anything A would still write would land by now
+            stream = events_of([LogEntry.from_raw(i, d) for i, d in await a.log.read_all(run_id)])
+            assert [e.event_id for e in stream] == [e.event_id for e in events]
+            assert [e.type in TERMINAL_EVENT_TYPES for e in stream].count(True) == 1
+            meta = await a.log.get_meta(run_id)
+            assert (meta["status"], meta["ended_by"]) == ("error", b.node_id)
+            stored = await wait_stored(b, run_id)
+            assert stored == rebuild(stream)
+            assert stored.error is not None and stored.error.code == RUN_ORPHANED
+            assert await b.store.get_response_seq(run_id) == stream[-1].seq
+            assert [r.id for r in await b.store.list_thread_responses(stored.thread_id)] == [
+                run_id]
+            assert await a.reading.get_response(run_id) == stored  # A shows B's ending too
+            fenced = [r.getMessage() for r in caplog.records if r.name == "actors.run_actor"]
+            assert len(fenced) == 1 and run_id in fenced[0] and "fenced" in fenced[0]
+            # the stall is over: A's lease is back (as its janitor takes it again)
+            await a.log.refresh_lease(a.node_id, 60)
+            again = await a.submission.submit(turn("openai", "simple_message"))
+            second = events_of(await read_all(a, again.run_id))
+            assert second[-1].type == "response_done"
+            assert (await wait_stored(a, again.run_id)).status == "complete"
+            assert response_view(rebuild(second)) == \
+                LIBRARY.get("openai", "simple_message").expected

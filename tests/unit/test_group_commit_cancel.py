@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from runtime.errors import RunFenced
 from runtime.group_commit import GroupCommitter
 
 
@@ -58,3 +59,43 @@ async def test_a_queued_append_whose_caller_gives_up_is_withdrawn(
     assert log.written == ["in-flight", "patient"]  # the round trip it was in still landed
     assert got == {"in-flight": None, "queued": None, "patient": ["2-0"]}
     assert committer.round_trips == 2
+
+
+class FencingLog(SlowLog):
+    """Refuses the appends of ``fenced`` runs (a janitor ended them), stores the others."""
+
+    def __init__(self, fenced: set[str]) -> None:
+        super().__init__(round_trip_s=0.01)
+        self.fenced = fenced
+
+    async def append_many(self, batches: Sequence[tuple[str, Sequence[bytes], int | None]]
+                          ) -> list[list[str] | RunFenced]:
+        stored = await super().append_many([b for b in batches if b[0] not in self.fenced])
+        ids = iter(stored)
+        return [RunFenced(run_id, "node-b") if run_id in self.fenced else next(ids)
+                for run_id, _, _ in batches]
+
+
+async def test_a_fenced_run_in_a_round_trip_fails_alone(mock_clock: trio.testing.MockClock
+                                                        ) -> None:
+    log = FencingLog({"fenced"})
+    committer = GroupCommitter(log)
+    got: dict[str, object] = {}
+
+    async def append(run_id: str) -> None:
+        try:
+            got[run_id] = await committer.append(run_id, [b"{}"], 1)
+        except RunFenced as exc:
+            got[run_id] = exc
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as callers:
+                for run_id in ("a", "fenced", "b"):  # queued together: one round trip
+                    callers.start_soon(append, run_id)
+                await trio.lowlevel.checkpoint()
+                await nursery.start(committer.run)
+            nursery.cancel_scope.cancel()
+    assert committer.round_trips == 1 and sorted(log.written) == ["a", "b"]
+    assert isinstance(got["fenced"], RunFenced) and got["fenced"].ended_by == "node-b"
+    assert sorted([got["a"], got["b"]]) == [["1-0"], ["2-0"]]  # trio picks the order

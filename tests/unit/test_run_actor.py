@@ -34,6 +34,7 @@ from runtime.errors import (
     CodyError,
     ProviderError,
     RedisUnavailable,
+    RunFenced,
     ValidationFailed,
 )
 from runtime.ids import new_uuid
@@ -69,6 +70,8 @@ class MemoryLog:
     """The attempt (1-based) at which Redis goes down."""
     outage_s: float = 0.0
     broken_attempt: int | None = None
+    fenced_from: int | None = None
+    """The attempt (1-based) from which every append is refused: a janitor ended the run."""
     hang: Callable[[Sequence[bytes]], bool] = lambda data: False
     up_at: float = -1.0
     outage_at: float | None = None
@@ -88,6 +91,8 @@ class MemoryLog:
             await trio.sleep_forever()
         if self.attempts == self.broken_attempt:
             raise CodyError("Redis error: WRONGTYPE", code=REDIS_ERROR)
+        if self.fenced_from is not None and self.attempts >= self.fenced_from:
+            raise RunFenced(run_id, "node-b")
         if self.down():
             self.refused += 1
             raise RedisUnavailable("Redis is unavailable: ConnectionError: test")
@@ -331,6 +336,43 @@ async def test_an_append_error_that_is_a_bug_is_not_retried(
     assert log.attempts == 5  # the broken one, then the ending
     assert events[-1].payload.error.details == {"exception": "CodyError"}  # type: ignore[union-attr]
     assert played.since(began) < 1
+
+
+# --------------------------------------------------------------------------- fenced
+
+
+@pytest.mark.parametrize("at", [1, 3, 6])
+async def test_a_fenced_append_stops_the_actor_at_once_writing_nothing_more(
+        mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, at: int) -> None:
+    """Node loss: another node's janitor ended the run; the actor's next append is refused
+    (RunFenced). It is not retried, no ending and no status are written, the provider call is
+    dropped, the subscriber's stream closes, and one warning names the run."""
+    fx = LIBRARY.get("openai", "rapid_deltas")
+    log = MemoryLog(fenced_from=at)
+    provider = ScriptedProvider(fx)
+    actor = actor_for(fx, log, provider)
+    began = trio.current_time()
+    with caplog.at_level("WARNING", logger="actors.run_actor"):
+        played = await play(actor, log)
+    check(played, log, ended=False)
+    assert log.attempts == at and len(log.batches) == at - 1  # refused once, then nothing
+    assert log.statuses == []
+    assert actor.fenced and actor.fanout.closed and actor.finished.is_set()
+    assert played.since(began) < 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and actor.run_id in warnings[0] and "fenced" in warnings[0]
+
+
+async def test_a_fenced_ending_writes_no_status(mock_clock: trio.testing.MockClock) -> None:
+    fx = LIBRARY.get("openai", "simple_message")
+    probe = MemoryLog()
+    played = await play(actor_for(fx, probe), probe)  # how many appends the turn makes
+    check(played, probe)
+    log = MemoryLog(fenced_from=probe.attempts)  # the ending is the one refused
+    actor = actor_for(fx, log)
+    played = await play(actor, log)
+    check(played, log, ended=False)
+    assert actor.fenced and log.statuses == [] and log.attempts == probe.attempts
 
 
 # --------------------------------------------------------------------------- cancel

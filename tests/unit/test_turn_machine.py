@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from runtime.errors import RUN_FAILED, ProviderError, RedisUnavailable, TurnProtocolError
+from runtime.errors import (
+    RUN_FAILED,
+    ProviderError,
+    RedisUnavailable,
+    RunFenced,
+    TurnProtocolError,
+)
 from runtime.ids import prompt_item_id, tool_output_item_id
 from runtime.reducer import rebuild
 from runtime.schema import (
@@ -490,6 +496,73 @@ def test_a_failed_ending_leaves_the_run_unended() -> None:
     snap = t.m.snapshot()
     assert snap is not None and snap.status == "in_progress"
     assert snap == rebuild(t.stored)
+
+
+# --------------------------------------------------------------------------- fenced appends
+
+FENCED = RunFenced(RUN, "node-b")
+
+
+def test_a_fenced_append_finishes_the_turn_with_no_ending() -> None:
+    """Another node's janitor ended the run (this node stalled past its lease): the refused
+    batch is not folded, and nothing more is asked - no ending, no request, no status."""
+    t = Turn()
+    t.started()
+    t.feed(*message(ANSWER, "It says"))
+    shown = t.m.snapshot()
+    append_of(t.m.receive_payloads([ItemDelta(item_id="msg_1", delta_content=" hi.")]))
+    assert t.m.receive_payloads([ItemDelta(item_id="msg_1", delta_content="queued")]) == []
+    assert one(t.m.append_fenced()) == Finished(None, fenced=True)
+    assert t.m.finished and t.m.fenced and t.m.ending and not t.m.awaiting_append
+    assert t.m.snapshot() == shown == rebuild(t.stored)
+    # whatever comes later is ignored: the turn is over
+    assert t.m.receive_payloads([ItemDelta(item_id="msg_1", delta_content="late")]) == []
+    assert t.m.provider_ended() == []
+    assert t.m.cancel("stop") == [] and t.m.fail(ValueError("late")) == []
+
+
+def test_append_failed_with_run_fenced_is_a_fence_not_a_failure() -> None:
+    t = Turn()
+    t.started()
+    append_of(t.m.receive_payloads([ItemStart(item_id="msg_1", item_type="message")]))
+    assert one(t.m.append_failed(FENCED)) == Finished(None, fenced=True)
+    assert t.m.fenced
+
+
+def test_a_fenced_start_or_ending_finishes_fenced_too() -> None:
+    m = machine()
+    append_of(m.start())
+    assert one(m.append_failed(FENCED)) == Finished(None, fenced=True)
+    assert m.snapshot() is None
+    t = Turn()
+    t.started()
+    t.feed(*message(ANSWER, "It says hi."), done())
+    end = append_of(t.m.provider_ended())
+    assert end.terminal
+    assert one(t.m.append_fenced()) == Finished(None, fenced=True)
+    snap = t.m.snapshot()
+    assert snap is not None and snap.status == "in_progress"  # the janitor's ending is not ours
+
+
+def test_a_fenced_tool_output_asks_for_no_next_request() -> None:
+    t = Turn()
+    t.started()
+    t.feed(*call(CALL_A), done("tool_calls"))
+    assert isinstance(one(t.m.provider_ended()), RunTools)
+    outputs = append_of(t.m.tool_results([Out("x", True)]))
+    assert [p.type for p in payloads(outputs)] == ["item_start", "item_done"]
+    assert one(t.m.append_fenced()) == Finished(None, fenced=True)
+    assert t.m.cancel("stop") == []
+
+
+def test_a_fence_without_an_append_in_flight_is_a_driver_bug() -> None:
+    with pytest.raises(TurnProtocolError):
+        machine().append_fenced()
+    m = machine()
+    append_of(m.start())
+    m.append_succeeded()
+    with pytest.raises(TurnProtocolError):
+        m.append_fenced()
 
 
 def test_outcomes_without_an_append_in_flight_are_driver_bugs() -> None:

@@ -1,7 +1,8 @@
 """The turn machine over every recorded fixture (every protocol), driven directly by the
 offline harness: in any chunking, with any tool outcome, an append refused at any point (an
-outage), a cancel or a failure before any input, the run's stored stream has exactly one
-terminal event (none only if the ending itself could not be stored), gapless ``seq``, and a
+outage, or fenced: another node's janitor ended the run), a cancel or a failure before any
+input, the run's stored stream has exactly one terminal event (none only if the ending itself
+could not be stored; the janitor's when fenced, and nothing after it), gapless ``seq``, and a
 Response that is exactly the fold of what was stored; with nothing injected it is the fixture's
 ``expected.json``, and every model request is the one recorded.
 """
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from actors.providers.fixtures import Fixture, FixtureLibrary
 from actors.providers.protocols import protocol
 from actors.tools import BUILTIN_TOOLS
-from runtime.errors import RUN_FAILED
+from runtime.errors import RUN_FAILED, RUN_ORPHANED
 from runtime.reducer import rebuild
 from runtime.schema import TERMINAL_EVENT_TYPES, FunctionCallItem, StreamEvent
 from runtime.turn_machine import Append
@@ -62,6 +63,18 @@ def check_stream(run: OfflineRun) -> None:
     assert len({e.event_id for e in stored}) == len(stored)
     assert {e.run_id for e in stored} <= {run.run_id}
     terminals = [i for i, e in enumerate(stored) if e.type in TERMINAL_EVENT_TYPES]
+    if run.finished.fenced:  # the janitor's ending is the one terminal event, and the last
+        assert run.janitor and stored[-len(run.janitor):] == run.janitor
+        assert terminals == [len(stored) - 1], "not exactly one terminal event, last"
+        assert stored[-1].payload.error.code == RUN_ORPHANED  # type: ignore[union-attr]
+        assert run.finished.status is None
+        assert not run.appends[-1][1], "the actor asked for an append after the fence"
+        assert [ok for _, ok in run.appends].count(False) >= 1
+        mine = run.actor_stored
+        assert run.machine.snapshot() == (rebuild(mine) if mine else None)
+        assert rebuild(stored).status == "error"
+        return
+    assert not run.janitor
     if run.finished.status is None:  # the ending itself was refused
         assert terminals == [] and not run.appends[-1][1] and run.appends[-1][0].terminal
     else:
@@ -201,3 +214,30 @@ def test_a_refused_append_at_any_point_is_never_shown_and_leaves_no_gap(
     if stored and not run.interrupted:
         assert run.stored[-1].payload.type == "response_error"
         assert run.response().error is not None
+
+
+@pytest.mark.parametrize("fx", FIXTURES, ids=_id)
+@PROPERTY
+@given(cuts=cuts_st, fence_at=st.integers(min_value=0, max_value=40),
+       refused=st.sets(st.integers(min_value=0, max_value=40), max_size=2),
+       interrupt_at=st.none() | st.integers(min_value=1, max_value=80),
+       what=st.sampled_from(["cancel", "fail"]))
+def test_a_fenced_append_at_any_point_leaves_the_janitors_ending_the_one_terminal_event(
+        fx: Fixture, cuts: list[int], fence_at: int, refused: set[int],
+        interrupt_at: int | None, what: str) -> None:
+    """Node loss (issue 12): another node's janitor ends the run before any append (also
+    among outages, a cancel or a failure): that append is refused, nothing of it is stored,
+    the machine asks for nothing more, and the janitor's RUN_ORPHANED stays the last event."""
+    run = OfflineRun(fx, cutter(cuts), fence_at=fence_at,
+                     append_ok=lambda batch, attempt: attempt not in refused,
+                     interrupt=lambda n: what if n == interrupt_at else None)  # type: ignore[arg-type,return-value]
+    run.run()
+    check_stream(run)
+    assert run.finished is not None
+    if len(run.appends) <= fence_at:  # the turn ended (or gave up) before the fence
+        assert not run.finished.fenced and not run.janitor
+        return
+    assert run.finished.fenced and run.machine.fenced
+    fenced, stored = run.appends[fence_at]
+    assert not stored and len(run.appends) == fence_at + 1
+    assert not {e.event_id for e in fenced.events} & {e.event_id for e in run.stored}
